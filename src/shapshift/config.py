@@ -1,0 +1,307 @@
+"""One validated run configuration, read from YAML, CLI ``--set`` flags or notebook form fields.
+
+Every section is a dataclass with defaults; :func:`RunConfig.from_dict` rejects unknown keys and
+wrong types with a message that lists what is allowed, and ``validate()`` checks values in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "partition")
+CONDITIONS = ("zero_shot", "few_shot", "finetuned")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to explain. ``spec``: a hub id, a local folder, ``smollm2-135m`` or ``tiny-gpt-neo``."""
+
+    spec: str = "smollm2-135m"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not self.spec.strip():
+            raise ConfigError("model.spec is empty.", "Set it to a hub id, a folder, or 'smollm2-135m'.")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(f"model.dtype={self.dtype!r} is not supported.",
+                              "Use auto, float32, float16 or bfloat16.")
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how each one becomes a prompt.
+
+    ``template`` holds an ``{input}`` slot; ``"auto"`` picks the default for the model family
+    (plain completion for GPT-Neo/GPT-2, the chat template for instruct models).
+    """
+
+    source: str = "data/demo_reviews.csv"  # hub name or local CSV/TSV/JSON/JSONL/Parquet path
+    hub_split: str = "train"  # the split of a hub dataset to read
+    input_column: str = "text"
+    target_column: str | None = "label"  # reference output; None for none
+    label_column: str | None = "label"  # class label for accuracy; None for none
+    label_names: dict[str, str] | None = None  # e.g. {"0": "negative", "1": "positive"}
+    template: str = "Review: {input}\nSentiment:"
+    chat: str = "auto"  # auto | yes | no: wrap the template in the tokenizer's chat template
+    target_prefix: str = " "  # put before the reference target text (" positive")
+    max_rows: int | None = None  # read at most this many rows (after shuffling with the seed)
+    max_input_tokens: int = 128
+    on_too_long: str = "truncate"  # truncate (keep the end) | drop | error
+    n_explain: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        if "{input}" not in self.template:
+            raise ConfigError(f"data.template {self.template!r} has no {{input}} slot.",
+                              "Add {input} where the example's text goes, e.g. 'Review: {input}\\nSentiment:'.")
+        if self.on_too_long not in ("truncate", "drop", "error"):
+            raise ConfigError(f"data.on_too_long={self.on_too_long!r} is not one of truncate, drop, error.")
+        if self.chat not in ("auto", "yes", "no"):
+            raise ConfigError(f"data.chat={self.chat!r} is not one of auto, yes, no.")
+        if self.n_explain < 1:
+            raise ConfigError("data.n_explain must be at least 1.")
+        if self.max_input_tokens < 1:
+            raise ConfigError("data.max_input_tokens must be at least 1.")
+
+
+@dataclass
+class GenerationConfig:
+    """Greedy generation of the text that is explained."""
+
+    max_new_tokens: int = 4
+    stop_at_newline: bool = True
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError("generation.max_new_tokens must be at least 1.")
+
+
+@dataclass
+class ExplainConfig:
+    """The SHAP estimator and what it explains.
+
+    ``score``: ``log_odds`` (as ``shap.models.TeacherForcing``) or ``log_prob`` of each target token.
+    ``target``: ``baseline`` (every condition explains the baseline's generation), ``own`` (each
+    condition its own generation) or ``reference`` (the dataset's target column).
+    ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
+    """
+
+    method: str = "auto"
+    max_evals: int = 512
+    batch_size: int = 64
+    score: str = "log_odds"
+    target: str = "baseline"
+    seed: int = 0
+    noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
+
+    def validate(self) -> None:
+        if self.method not in EXPLAIN_METHODS:
+            raise ConfigError(f"explain.method={self.method!r} is unknown.",
+                              f"Choose one of {', '.join(EXPLAIN_METHODS)}.")
+        if self.score not in ("log_odds", "log_prob"):
+            raise ConfigError(f"explain.score={self.score!r} is unknown.", "Use log_odds or log_prob.")
+        if self.target not in ("baseline", "own", "reference"):
+            raise ConfigError(f"explain.target={self.target!r} is unknown.", "Use baseline, own or reference.")
+        if self.max_evals < 2:
+            raise ConfigError("explain.max_evals must be at least 2.")
+
+
+@dataclass
+class FinetuneConfig:
+    """LoRA (peft) or full fine-tuning; loss on the target tokens only."""
+
+    method: str = "lora"  # lora | full
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: chosen per architecture
+    learning_rate: float = 1e-3
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    max_length: int = 64
+    n_eval: int = 16
+
+    def validate(self) -> None:
+        if self.method not in ("lora", "full"):
+            raise ConfigError(f"adapt.finetune.method={self.method!r} is unknown.", "Use lora or full.")
+        if self.r < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError("adapt.finetune r, batch_size and epochs must be at least 1.")
+
+
+@dataclass
+class AdaptConfig:
+    """The conditions compared with the baseline."""
+
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    instruction: str = "Decide whether the movie review is positive or negative."
+    k_shot: int = 4
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self) -> None:
+        bad = [c for c in self.conditions if c not in CONDITIONS]
+        if bad:
+            raise ConfigError(f"adapt.conditions has unknown names {bad}.", f"Use some of {list(CONDITIONS)}.")
+        if self.k_shot < 1:
+            raise ConfigError("adapt.k_shot must be at least 1.")
+        self.finetune.validate()
+
+
+@dataclass
+class CompareConfig:
+    """Explanation overlap: which k, how to aggregate over output tokens, the bootstrap."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5])
+    aggregate: str = "sum"  # sum | mean_abs over the generated tokens
+    n_bootstrap: int = 1000
+    n_plot_examples: int = 3
+
+    def validate(self) -> None:
+        if any(k < 1 for k in self.ks):
+            raise ConfigError("compare.ks must all be at least 1.")
+        if self.aggregate not in ("sum", "mean_abs"):
+            raise ConfigError(f"compare.aggregate={self.aggregate!r} is unknown.", "Use sum or mean_abs.")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: its folder is ``output_dir/name``."""
+
+    name: str = "demo"
+    output_dir: str = "outputs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def validate(self) -> RunConfig:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name={self.name!r} is not a valid run folder name.", "Use a plain name such as 'demo'.")
+        for section in (self.model, self.data, self.generation, self.explain, self.adapt, self.compare):
+            section.validate()
+        return self
+
+    # -- reading -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> RunConfig:
+        """Build and validate from a nested dict (YAML layout); unknown keys are an error."""
+        return _build(cls, values or {}, "").validate()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {path} does not exist.", "Pass an existing YAML file, e.g. configs/demo.yaml.") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {path} is not valid YAML ({exc}).", "Fix the syntax and run again.") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping of sections, not {type(values).__name__}.")
+        return cls.from_dict(apply_overrides(values, overrides or []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 of the named sections (all when none): runs with equal fingerprints give equal results."""
+        data = self.to_dict()
+        picked = {s: data[s] for s in sections} if sections else data
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    values = json.loads(json.dumps(values))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} has no '='.", "Write it as section.key=value, e.g. data.n_explain=4.")
+        key, raw = item.split("=", 1)
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override {item!r}: {p} is not a section.")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return values
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config section {where or 'top level'} must be a mapping, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key(s) {', '.join(where + k for k in unknown)}.",
+            f"Valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(sorted(names))}.",
+        )
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if origin is list:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"Config key {key} must be a list, got {value!r}.")
+        return [_coerce(args[0], v, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key {key} must be a mapping, got {value!r}.")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        if not isinstance(value, bool):
+            raise ConfigError(f"Config key {key} must be true or false, got {value!r}.")
+        return value
+    if tp in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            out = tp(value)
+            if tp is int and float(value) != out:
+                raise ValueError
+            return out
+        except (TypeError, ValueError):
+            raise ConfigError(f"Config key {key} must be a number ({tp.__name__}), got {value!r}.") from None
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"Config key {key} must be text, got {value!r}.")
+        return str(value)
+    return value

@@ -1,0 +1,156 @@
+"""Stage 1: load a dataset, turn each example into a prompt, tokenise, split, write Parquet.
+
+Local files (CSV/TSV/JSON/JSONL/Parquet) go through the same ``datasets.load_dataset`` call as hub
+names, with the matching packaged builder, so a local SST-2 file and ``stanfordnlp/sst2`` behave alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from transformers import PreTrainedTokenizerBase
+
+from .config import DataConfig
+from .errors import DataError
+from .models import uses_chat_template
+from .prompting import build_prompt, check_template, token_strings
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+#: Columns of ``01_dataset.parquet`` (documented in the README).
+DATASET_COLUMNS = [
+    "example_id", "split", "input_text", "prompt_prefix", "prompt_suffix", "prompt_text",
+    "target_text", "label", "input_ids", "input_tokens", "n_input_tokens", "truncated",
+]
+
+
+def load_table(source: str, *, hub_split: str = "train") -> pd.DataFrame:
+    """Read a dataset into a DataFrame: a local file by its extension, anything else as a hub name."""
+    import datasets
+
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in _BUILDERS:
+        if not path.exists():
+            raise DataError(f"Dataset file {path} does not exist.",
+                            "Check the path (relative paths start from the folder you run in), or name a hub dataset such as stanfordnlp/sst2.")
+        kwargs: dict = {}
+        if suffix == ".tsv":
+            kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        try:
+            ds = datasets.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
+        except Exception as exc:  # datasets raises many types for unreadable files
+            raise DataError(f"Could not read {path} as {suffix[1:].upper()} ({type(exc).__name__}: {str(exc)[:200]}).",
+                            "Check that the file is valid and its extension matches its format.") from None
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=hub_split)
+        except Exception as exc:
+            raise DataError(f"Could not load dataset {source!r} (split {hub_split!r}) from the hub "
+                            f"({type(exc).__name__}: {str(exc)[:200]}).",
+                            "Check the name, the split and the network; offline, point data.source at a local "
+                            "file such as data/demo_reviews.csv.") from None
+    return ds.to_pandas()
+
+
+@dataclass
+class PreprocessReport:
+    """What preprocessing kept, skipped and changed; written into the run manifest."""
+
+    n_rows: int = 0
+    n_empty: int = 0
+    n_truncated: int = 0
+    n_dropped_too_long: int = 0
+    n_kept: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+
+
+def _target_texts(df: pd.DataFrame, cfg: DataConfig) -> pd.Series:
+    if not cfg.target_column:
+        return pd.Series([None] * len(df), index=df.index, dtype=object)
+    raw = df[cfg.target_column]
+    if cfg.label_names:
+        raw = raw.map(lambda v: cfg.label_names.get(str(v), str(v)))
+    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else cfg.target_prefix + str(v).strip())
+
+
+def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
+               table: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PreprocessReport]:
+    """Build the stage-1 table (columns :data:`DATASET_COLUMNS`) and a report of what was skipped.
+
+    The explain split holds ``cfg.n_explain`` examples drawn with ``cfg.seed``; the rest is train.
+    Inputs longer than ``cfg.max_input_tokens`` are truncated from the left (the end is kept),
+    dropped, or refused, as ``cfg.on_too_long`` says; each case is counted.
+    """
+    check_template(cfg.template)
+    df = load_table(cfg.source, hub_split=cfg.hub_split) if table is None else table
+    needed = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"Column(s) {missing} are not in the dataset {cfg.source}.",
+                        f"The columns there are {list(df.columns)}; set data.input_column / data.target_column / "
+                        "data.label_column (null for none) to match.")
+    report = PreprocessReport(n_rows=len(df))
+    df = df.reset_index(drop=True)
+    df["_row"] = np.arange(len(df))
+    texts = df[cfg.input_column].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    empty = texts.str.strip().eq("")
+    report.n_empty = int(empty.sum())
+    if report.n_empty == len(df):
+        raise DataError(f"Every one of the {len(df)} rows of {cfg.source} has an empty {cfg.input_column!r}.",
+                        "Point data.input_column at the column that holds the text.")
+    df = df[~empty].copy()
+    df["input_text"] = texts[~empty].map(lambda s: " ".join(s.split()))
+    if cfg.max_rows is not None and len(df) > cfg.max_rows:
+        df = df.sample(n=cfg.max_rows, random_state=cfg.seed).sort_values("_row")
+
+    chat = uses_chat_template(tokenizer, cfg.chat)
+    rows = []
+    for rec, target, label in zip(df.itertuples(index=False), _target_texts(df, cfg),
+                                  df[cfg.label_column] if cfg.label_column else [None] * len(df)):
+        parts = build_prompt(rec.input_text, cfg.template, tokenizer, chat=chat)
+        ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
+        truncated = False
+        if len(ids) > cfg.max_input_tokens:
+            if cfg.on_too_long == "error":
+                raise DataError(f"Example {rec._row} has {len(ids)} input tokens, more than data.max_input_tokens={cfg.max_input_tokens}.",
+                                "Raise data.max_input_tokens, or set data.on_too_long to truncate or drop.")
+            if cfg.on_too_long == "drop":
+                report.n_dropped_too_long += 1
+                continue
+            ids = ids[-cfg.max_input_tokens:]
+            truncated = True
+            report.n_truncated += 1
+            text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+            parts = build_prompt(text.lstrip(" "), cfg.template, tokenizer, chat=chat)
+            parts_ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
+            ids = parts_ids if len(parts_ids) <= cfg.max_input_tokens else ids
+        rows.append({
+            "example_id": int(rec._row), "input_text": parts.text, "prompt_prefix": parts.prefix,
+            "prompt_suffix": parts.suffix, "prompt_text": parts.prompt, "target_text": target,
+            "label": None if label is None else str(label), "input_ids": [int(i) for i in ids],
+            "input_tokens": token_strings(tokenizer, ids), "n_input_tokens": len(ids), "truncated": truncated,
+        })
+    if not rows:
+        raise DataError(f"No example of {cfg.source} is left after preprocessing.",
+                        "Raise data.max_input_tokens or set data.on_too_long=truncate.")
+    out = pd.DataFrame(rows)
+    rng = np.random.default_rng(cfg.seed)
+    n_explain = min(cfg.n_explain, len(out))
+    explain_idx = set(rng.choice(len(out), size=n_explain, replace=False).tolist())
+    out["split"] = ["explain" if i in explain_idx else "train" for i in range(len(out))]
+    out = out[DATASET_COLUMNS]
+    report.n_kept = len(out)
+    report.splits = out["split"].value_counts().to_dict()
+    if report.n_empty:
+        log.warning("skipped %d empty or whitespace-only input(s)", report.n_empty)
+    if report.n_truncated:
+        log.warning("truncated %d input(s) to their last %d tokens", report.n_truncated, cfg.max_input_tokens)
+    return out, report

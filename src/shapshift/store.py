@@ -1,0 +1,240 @@
+"""Artifacts of a run: atomic writes, sha256 in a manifest, and explanations as Parquet and pickle.
+
+A run folder holds numbered artifacts (``01_dataset.parquet``, ``02_baseline.parquet`` …) and
+``manifest.json`` with the config, package versions, timings and the sha256 of every artifact.
+Every write goes to a temporary file in the same folder, is fsynced, then renamed into place, so
+a crash never leaves a half-written file under an artifact's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ArtifactError
+
+MANIFEST = "manifest.json"
+#: Columns of the long explanation table (one row per example × output token × input token).
+EXPLANATION_COLUMNS = ["example_id", "condition", "out_pos", "out_token", "in_pos", "in_token", "value", "base_value"]
+_PACKAGES = ("shapshift", "torch", "transformers", "shap", "datasets", "peft", "numpy", "pandas", "pyarrow")
+
+
+# -- atomic files -------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: df.to_parquet(f, index=False))
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- manifest -------------------------------------------------------------------------------------
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class RunStore:
+    """The run folder: artifacts, their hashes, and the manifest."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.path(MANIFEST)
+        if not path.exists():
+            return {"artifacts": {}, "stages": {}}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{path} is not valid JSON ({exc}).",
+                                "The run folder is damaged; delete it (or the manifest) and run again.") from None
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        man = self.manifest()
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(man.get(key), dict):
+                man[key].update(value)
+            else:
+                man[key] = value
+        man["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(man, self.path(MANIFEST))
+        return man
+
+    def record(self, *names: str) -> None:
+        """Put the sha256 and size of the named artifacts into the manifest."""
+        self.update_manifest(artifacts={n: {"sha256": sha256_file(self.path(n)), "bytes": self.path(n).stat().st_size}
+                                        for n in names})
+
+    def verify(self, name: str) -> Path:
+        """The artifact's path, after checking its sha256 against the manifest."""
+        path = self.path(name)
+        if not path.exists():
+            raise ArtifactError(f"Artifact {path} does not exist.", "Run the stage that writes it first (see `shapshift --help`).")
+        expected = self.manifest().get("artifacts", {}).get(name, {}).get("sha256")
+        if expected is None:
+            raise ArtifactError(f"Artifact {path} is not recorded in {self.path(MANIFEST)}.",
+                                "Re-run the stage that writes it so its hash is recorded.")
+        if sha256_file(path) != expected:
+            raise ArtifactError(f"Artifact {path} does not match the sha256 in the manifest: it was truncated or edited.",
+                                "Re-run the stage that writes it (delete the file first).")
+        return path
+
+    def read_parquet(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.verify(name))
+
+    def write_parquet(self, df: pd.DataFrame, name: str) -> Path:
+        path = write_parquet(df, self.path(name))
+        self.record(name)
+        return path
+
+    @contextlib.contextmanager
+    def timed(self, stage: str, **info: Any) -> Iterator[dict[str, Any]]:
+        """Record the stage's wall time and ``info`` (updated by the caller) in the manifest."""
+        start = time.perf_counter()
+        yield info
+        info["seconds"] = round(time.perf_counter() - start, 3)
+        self.update_manifest(stages={stage: info})
+
+
+# -- explanations ---------------------------------------------------------------------------------
+def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int], condition: str) -> pd.DataFrame:
+    """The long table: one row per (example, output token, input token), columns :data:`EXPLANATION_COLUMNS`.
+
+    ``error_std`` (the estimator's standard error, NaN when it has none) follows the contract's columns.
+    """
+    frames = []
+    for ex_id, exp in zip(example_ids, explanations, strict=True):
+        values = np.asarray(exp.values, dtype=np.float64)  # (n_in, n_out)
+        n_in, n_out = values.shape
+        err = getattr(exp, "error_std", None)
+        err = np.full_like(values, np.nan) if err is None else np.asarray(err, dtype=np.float64)
+        frames.append(pd.DataFrame({
+            "example_id": np.full(n_in * n_out, int(ex_id), dtype=np.int64),
+            "condition": condition,
+            "out_pos": np.tile(np.arange(n_out), n_in),
+            "out_token": np.tile(np.asarray(exp.output_names, dtype=object), n_in),
+            "in_pos": np.repeat(np.arange(n_in), n_out),
+            "in_token": np.repeat(np.asarray(exp.data, dtype=object), n_out),
+            "value": values.reshape(-1),
+            "base_value": np.tile(np.asarray(exp.base_values, dtype=np.float64).reshape(-1), n_in),
+            "error_std": err.reshape(-1),
+        }))
+    if not frames:
+        return pd.DataFrame(columns=[*EXPLANATION_COLUMNS, "error_std"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
+    """Rebuild ``shap.Explanation`` objects (values ``(n_in, n_out)``) from the long table alone."""
+    import shap
+
+    ids, out = [], []
+    for ex_id, g in df.groupby("example_id", sort=False):
+        g = g.sort_values(["in_pos", "out_pos"])
+        n_in, n_out = int(g["in_pos"].max()) + 1, int(g["out_pos"].max()) + 1
+        values = g["value"].to_numpy(np.float64).reshape(n_in, n_out)
+        first_in = g[g["in_pos"] == 0]
+        first_out = g[g["out_pos"] == 0]
+        err = g["error_std"].to_numpy(np.float64).reshape(n_in, n_out) if "error_std" in g else None
+        if err is not None and np.isnan(err).all():
+            err = None
+        out.append(shap.Explanation(
+            values=values, base_values=first_in["base_value"].to_numpy(np.float64),
+            data=np.asarray(first_out["in_token"].tolist(), dtype=object),
+            output_names=first_in["out_token"].tolist(), error_std=err,
+        ))
+        ids.append(int(ex_id))
+    return ids, out
+
+
+def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
+                      condition: str, meta: dict[str, Any] | None = None) -> None:
+    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both."""
+    store.write_parquet(explanations_to_frame(explanations, example_ids, condition), f"{stem}.parquet")
+    payload = {"condition": condition, "example_ids": [int(i) for i in example_ids],
+               "explanations": list(explanations), "meta": meta or {}}
+    atomic_write_bytes(store.path(f"{stem}.pkl"), pickle.dumps(payload, protocol=4))
+    store.record(f"{stem}.pkl")
+
+
+def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False) -> tuple[list[int], list[Any]]:
+    """The stored explanations of one condition.
+
+    The pickle is read only when its sha256 matches the manifest (loading a pickle runs code) or
+    ``trust_pickle`` is set; otherwise they are rebuilt from the Parquet table.
+    """
+    pkl = store.path(f"{stem}.pkl")
+    if pkl.exists():
+        try:
+            path = pkl if trust_pickle else store.verify(f"{stem}.pkl")
+            payload = pickle.loads(path.read_bytes())
+            return payload["example_ids"], payload["explanations"]
+        except ArtifactError:
+            pass  # fall back to the Parquet table, which is checked in turn
+    return frame_to_explanations(store.read_parquet(f"{stem}.parquet"))
