@@ -88,13 +88,17 @@ class EncodedPrompt:
         return self.prefix_ids + self.input_ids + self.suffix_ids
 
 
-def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, chat: bool = False,
+def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, chat: bool | None = None,
                   input_ids: Sequence[int] | None = None) -> EncodedPrompt:
     """Tokenise each part on its own, so the features are exactly the text's tokens.
 
     The prefix gets the tokenizer's special tokens (BOS) unless it comes from a chat template,
-    which writes its own. ``input_ids`` reuses a stored tokenisation of the text.
+    which writes its own (``chat=None``: detected by the prefix starting with a special token).
+    ``input_ids`` reuses a stored tokenisation of the text.
     """
+    if chat is None:
+        specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+        chat = any(parts.prefix.startswith(t) for t in specials)
     prefix = tokenizer(parts.prefix, add_special_tokens=not chat)["input_ids"] if (parts.prefix or not chat) else []
     if input_ids is None:
         input_ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]

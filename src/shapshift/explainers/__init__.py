@@ -1,0 +1,12 @@
+"""SHAP estimators for text generation behind one ``explain()`` call.
+
+``method`` names an estimator from :data:`REGISTRY`: ``exact``, ``sampling``, ``partition`` (the
+shap library's path), or ``auto`` (exact for short inputs, sampling otherwise).
+"""
+
+from . import exact, partition, sampling  # noqa: F401  (register the estimators)
+from .api import choose_method, explain, explain_tasks, make_task
+from .base import REGISTRY, Attribution, Estimator, ExplainTask, register
+
+__all__ = ["REGISTRY", "Attribution", "Estimator", "ExplainTask", "choose_method", "explain", "explain_tasks",
+           "make_task", "register"]

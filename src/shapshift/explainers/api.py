@@ -1,0 +1,134 @@
+"""``explain()``: texts in, one ``shap.Explanation`` per text out, whichever estimator runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import ConfigError, ShapshiftError
+from ..generation import generate
+from ..prompting import PromptParts, build_prompt, encode_prompt, token_strings
+from .base import REGISTRY, Attribution, ExplainTask
+from .exact import MAX_EXACT_FEATURES
+
+log = logging.getLogger(__name__)
+
+#: ``auto`` uses exact Shapley values up to this many input tokens (2^10 = 1024 evaluations).
+AUTO_EXACT_MAX = 10
+
+Context = str | tuple[str, str] | PromptParts | None
+
+
+def choose_method(n_features: int, method: str = "auto") -> str:
+    """The estimator ``auto`` picks: exact up to :data:`AUTO_EXACT_MAX` features, sampling beyond."""
+    if method != "auto":
+        return method
+    return "exact" if n_features <= AUTO_EXACT_MAX else "sampling"
+
+
+def to_parts(text: str | PromptParts, context: Context, tokenizer: PreTrainedTokenizerBase, chat: bool) -> PromptParts:
+    """The prompt of one text: a template with ``{input}``, a ``(prefix, suffix)`` pair, or none."""
+    if isinstance(text, PromptParts):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise ShapshiftError(f"Cannot explain an empty input text ({text!r}).", "Pass a non-empty text.")
+    if context is None:
+        return build_prompt(text, "{input}", tokenizer, chat=chat)
+    if isinstance(context, str):
+        return build_prompt(text, context, tokenizer, chat=chat)
+    if isinstance(context, tuple) and len(context) == 2:
+        return build_prompt(text, context[0] + "{input}" + context[1], tokenizer, chat=chat)
+    raise ConfigError(f"context={context!r} is not understood.",
+                      "Pass a template with an {input} slot, a (prefix, suffix) pair, or None.")
+
+
+def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts: PromptParts,
+              target_ids: Sequence[int], *, input_ids: Sequence[int] | None = None, **options: Any) -> ExplainTask:
+    """An :class:`ExplainTask` for one prompt and target (``options``: score, masking, batch_size, max_evals, seed)."""
+    prompt = encode_prompt(parts, tokenizer, input_ids=input_ids)
+    if not prompt.input_ids:
+        raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
+    return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
+                       target_ids=[int(t) for t in target_ids], **options)
+
+
+def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
+    import shap
+
+    data = att.data if att.data is not None else token_strings(task.tokenizer, task.prompt.input_ids)
+    return shap.Explanation(
+        values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
+        output_names=token_strings(task.tokenizer, task.target_ids), error_std=att.error_std,
+        compute_time=seconds,
+    )
+
+
+def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progress: bool = True,
+                  desc: str = "explain") -> tuple[list[Any], list[dict[str, Any]]]:
+    """Explain prepared tasks; returns the Explanations and per-example stats (method, evals, seconds)."""
+    explanations, stats = [], []
+    for task in tqdm(tasks, desc=desc, disable=not progress, leave=False):
+        name = choose_method(task.n_features, method)
+        if name not in REGISTRY:
+            raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of auto, {', '.join(sorted(REGISTRY))}.")
+        if name == "exact" and task.n_features > MAX_EXACT_FEATURES:
+            raise ConfigError(f"method='exact' cannot explain {task.n_features} input tokens (2^{task.n_features} evaluations).",
+                              f"Use method='sampling' or 'auto' for inputs over {MAX_EXACT_FEATURES} tokens.")
+        start = time.perf_counter()
+        att = REGISTRY[name]().attribute(task)
+        seconds = time.perf_counter() - start
+        explanations.append(to_explanation(task, att, seconds))
+        stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
+                      "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4)})
+    return explanations, stats
+
+
+def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | PromptParts], *,
+            targets: Sequence[str | Sequence[int]] | None = None, context: Context | Sequence[Context] = None,
+            method: str = "auto", score: str = "log_odds", masking: str = "attention", max_evals: int = 512,
+            batch_size: int = 64, seed: int = 0, max_new_tokens: int = 8, stop_at_newline: bool = True,
+            chat: bool = False, progress: bool = True) -> list[Any]:
+    """SHAP values of every target token with respect to the tokens of each input text.
+
+    Parameters
+    ----------
+    texts: the inputs; their tokens are the features (or ready :class:`PromptParts`).
+    targets: the continuations to explain, as text or token ids; ``None`` generates them greedily.
+    context: fixed text around each input, never masked: a template with ``{input}``, a
+        ``(prefix, suffix)`` pair, or one of those per text.
+    method: ``auto``, ``exact``, ``sampling`` or ``partition`` (the shap library's path).
+    score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
+    masking: ``attention`` (default), ``delete`` or ``replace`` (ignored by ``partition``).
+    max_evals: budget of masked inputs per text for the sampling estimators.
+
+    Returns
+    -------
+    One ``shap.Explanation`` per text: ``values`` ``(n_in, n_out)``, ``base_values`` ``(n_out,)`` (the
+    fully masked score), ``data`` the input tokens, ``output_names`` the target tokens;
+    ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
+    """
+    contexts = list(context) if isinstance(context, list) else [context] * len(texts)
+    if len(contexts) != len(texts):
+        raise ConfigError(f"{len(contexts)} contexts for {len(texts)} texts.", "Pass one context, or one per text.")
+    parts = [to_parts(t, c, tokenizer, chat) for t, c in zip(texts, contexts)]
+    prompts = [encode_prompt(p, tokenizer) for p in parts]
+    if targets is None:
+        target_ids = generate(model, tokenizer, [p.ids for p in prompts], max_new_tokens=max_new_tokens,
+                              stop_at_newline=stop_at_newline, progress=progress)
+    else:
+        if len(targets) != len(texts):
+            raise ConfigError(f"{len(targets)} targets for {len(texts)} texts.", "Pass one target per text, or None.")
+        target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if isinstance(t, str) else list(t)
+                      for t in targets]
+        for t, ids in zip(targets, target_ids):
+            if not ids:
+                raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
+    tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
+                       max_evals=max_evals, seed=seed) for p, e, t in zip(parts, prompts, target_ids)]
+    return explain_tasks(tasks, method, progress=progress)[0]

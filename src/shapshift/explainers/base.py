@@ -1,0 +1,83 @@
+"""What every estimator shares: the task it is given, the attribution it returns, the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..prompting import EncodedPrompt, PromptParts
+from ..scoring import TeacherForcedScorer
+
+
+@dataclass
+class ExplainTask:
+    """One example to explain: the prompt split around its features, and the target token ids.
+
+    ``max_evals`` is the budget in model evaluations (masked inputs) for sampling estimators.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    parts: PromptParts
+    prompt: EncodedPrompt
+    target_ids: list[int]
+    score: str = "log_odds"
+    masking: str = "attention"
+    batch_size: int = 64
+    max_evals: int = 512
+    seed: int = 0
+    use_cache: bool = True
+    options: dict = field(default_factory=dict)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.prompt.input_ids)
+
+    @cached_property
+    def scorer(self) -> TeacherForcedScorer:
+        return TeacherForcedScorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
+                                   batch_size=self.batch_size, use_cache=self.use_cache)
+
+
+@dataclass
+class Attribution:
+    """SHAP values of one example.
+
+    ``values``: ``(n_in, n_out)`` in the score's units (log-odds or log-prob of each target token);
+    ``base_values``: ``(n_out,)``, the score of the fully masked input; ``error_std``: ``(n_in, n_out)``
+    standard errors of sampling estimators (None when exact); ``n_evals``: masked inputs scored.
+    """
+
+    values: np.ndarray
+    base_values: np.ndarray
+    error_std: np.ndarray | None = None
+    n_evals: int = 0
+    n_forward_tokens: int = 0
+    data: list[str] | None = None  # feature strings, when the estimator tokenised the input itself
+
+
+class Estimator:
+    """Base class: one SHAP estimator with one ``attribute`` entry point."""
+
+    name: str = ""
+    deterministic: bool = True
+
+    def attribute(self, task: ExplainTask) -> Attribution:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Estimator]] = {}
+
+
+def register(cls: type[Estimator]) -> type[Estimator]:
+    """Class decorator: make an estimator selectable by ``method=cls.name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def scorer_attribution(task: ExplainTask, values: np.ndarray, base: np.ndarray, error_std: np.ndarray | None = None) -> Attribution:
+    return Attribution(values=values, base_values=base, error_std=error_std, n_evals=task.scorer.n_evals,
+                       n_forward_tokens=task.scorer.n_forward_tokens)

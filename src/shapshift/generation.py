@@ -1,0 +1,70 @@
+"""Greedy, batched generation of the continuations that are explained."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .scoring import is_oom
+
+log = logging.getLogger(__name__)
+
+
+def trim_generation(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, *, stop_at_newline: bool = True) -> list[int]:
+    """Cut a generated sequence at its first stop token (EOS, or a newline token) and drop padding.
+
+    When the very first token is a stop token the generation is empty; it is then explained as that
+    token alone (usually EOS), so there is always something to explain.
+    """
+    eos = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    out: list[int] = []
+    for t in ids:
+        t = int(t)
+        if t in eos or (stop_at_newline and "\n" in tokenizer.decode([t])):
+            if not out:
+                out.append(t)
+            break
+        out.append(t)
+    return out
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[Sequence[int]], *,
+             max_new_tokens: int = 8, stop_at_newline: bool = True, batch_size: int = 8,
+             progress: bool = True) -> list[list[int]]:
+    """Greedy continuations (token ids, trimmed at EOS/newline) of each prompt, batched with left padding.
+
+    Out-of-memory halves the batch and retries.
+    """
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results: list[list[int]] = []
+    bar = tqdm(total=len(prompt_ids), desc="generate", disable=not progress, leave=False)
+    start = 0
+    while start < len(prompt_ids):
+        batch = [list(p) for p in prompt_ids[start:start + batch_size]]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(batch):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, width - len(p):] = 1
+        try:
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, num_beams=1)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+            if not is_oom(exc) or batch_size == 1:
+                raise
+            batch_size = max(1, batch_size // 2)
+            log.warning("out of memory in generation; batch size %d", batch_size)
+            continue
+        for row in out[:, width:].tolist():
+            results.append(trim_generation(row, tokenizer, stop_at_newline=stop_at_newline))
+        bar.update(len(batch))
+        start += len(batch)
+    bar.close()
+    return results
