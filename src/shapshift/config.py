@@ -56,7 +56,7 @@ class DataConfig:
     label_names: dict[str, str] | None = None  # e.g. {"0": "negative", "1": "positive"}
     template: str = "Review: {input}\nSentiment:"
     chat: str = "auto"  # auto | yes | no: wrap the template in the tokenizer's chat template
-    target_prefix: str = " "  # put before the reference target text (" positive")
+    target_prefix: str = "auto"  # before the reference target text: auto = " " for plain prompts, "" for chat
     max_rows: int | None = None  # read at most this many rows (after shuffling with the seed)
     max_input_tokens: int = 128
     on_too_long: str = "truncate"  # truncate (keep the end) | drop | error
@@ -169,10 +169,15 @@ class CompareConfig:
     aggregate: str = "sum"  # sum | mean_abs over the generated tokens
     n_bootstrap: int = 1000
     n_plot_examples: int = 3
+    top_fraction: float = 0.2  # also compare at k = ceil(top_fraction * n_features)
+    rbo_p: float = 0.9  # persistence of rank-biased overlap
+    seed: int = 0  # bootstrap seed
 
     def validate(self) -> None:
         if any(k < 1 for k in self.ks):
             raise ConfigError("compare.ks must all be at least 1.")
+        if not 0 < self.top_fraction <= 1 or not 0 < self.rbo_p < 1:
+            raise ConfigError("compare.top_fraction must be in (0, 1] and compare.rbo_p in (0, 1).")
         if self.aggregate not in ("sum", "mean_abs"):
             raise ConfigError(f"compare.aggregate={self.aggregate!r} is unknown.", "Use sum or mean_abs.")
 

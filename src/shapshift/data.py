@@ -26,7 +26,7 @@ _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".
 
 #: Columns of ``01_dataset.parquet`` (documented in the README).
 DATASET_COLUMNS = [
-    "example_id", "split", "input_text", "prompt_prefix", "prompt_suffix", "prompt_text",
+    "example_id", "split", "source_text", "input_text", "prompt_prefix", "prompt_suffix", "prompt_text",
     "target_text", "label", "input_ids", "input_tokens", "n_input_tokens", "truncated",
 ]
 
@@ -72,13 +72,14 @@ class PreprocessReport:
     splits: dict[str, int] = field(default_factory=dict)
 
 
-def _target_texts(df: pd.DataFrame, cfg: DataConfig) -> pd.Series:
+def _target_texts(df: pd.DataFrame, cfg: DataConfig, chat: bool) -> pd.Series:
     if not cfg.target_column:
         return pd.Series([None] * len(df), index=df.index, dtype=object)
     raw = df[cfg.target_column]
     if cfg.label_names:
         raw = raw.map(lambda v: cfg.label_names.get(str(v), str(v)))
-    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else cfg.target_prefix + str(v).strip())
+    prefix = ("" if chat else " ") if cfg.target_prefix == "auto" else cfg.target_prefix
+    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else prefix + str(v).strip())
 
 
 def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
@@ -99,7 +100,7 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
                         "data.label_column (null for none) to match.")
     report = PreprocessReport(n_rows=len(df))
     df = df.reset_index(drop=True)
-    df["_row"] = np.arange(len(df))
+    df["row_id"] = np.arange(len(df))
     texts = df[cfg.input_column].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
     empty = texts.str.strip().eq("")
     report.n_empty = int(empty.sum())
@@ -109,18 +110,18 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     df = df[~empty].copy()
     df["input_text"] = texts[~empty].map(lambda s: " ".join(s.split()))
     if cfg.max_rows is not None and len(df) > cfg.max_rows:
-        df = df.sample(n=cfg.max_rows, random_state=cfg.seed).sort_values("_row")
+        df = df.sample(n=cfg.max_rows, random_state=cfg.seed).sort_values("row_id")
 
     chat = uses_chat_template(tokenizer, cfg.chat)
     rows = []
-    for rec, target, label in zip(df.itertuples(index=False), _target_texts(df, cfg),
+    for rec, target, label in zip(df.itertuples(index=False), _target_texts(df, cfg, chat),
                                   df[cfg.label_column] if cfg.label_column else [None] * len(df)):
         parts = build_prompt(rec.input_text, cfg.template, tokenizer, chat=chat)
         ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
         truncated = False
         if len(ids) > cfg.max_input_tokens:
             if cfg.on_too_long == "error":
-                raise DataError(f"Example {rec._row} has {len(ids)} input tokens, more than data.max_input_tokens={cfg.max_input_tokens}.",
+                raise DataError(f"Example {rec.row_id} has {len(ids)} input tokens, more than data.max_input_tokens={cfg.max_input_tokens}.",
                                 "Raise data.max_input_tokens, or set data.on_too_long to truncate or drop.")
             if cfg.on_too_long == "drop":
                 report.n_dropped_too_long += 1
@@ -133,7 +134,8 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
             parts_ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
             ids = parts_ids if len(parts_ids) <= cfg.max_input_tokens else ids
         rows.append({
-            "example_id": int(rec._row), "input_text": parts.text, "prompt_prefix": parts.prefix,
+            "example_id": int(rec.row_id), "source_text": rec.input_text if not truncated else text.lstrip(" "),
+            "input_text": parts.text, "prompt_prefix": parts.prefix,
             "prompt_suffix": parts.suffix, "prompt_text": parts.prompt, "target_text": target,
             "label": None if label is None else str(label), "input_ids": [int(i) for i in ids],
             "input_tokens": token_strings(tokenizer, ids), "n_input_tokens": len(ids), "truncated": truncated,

@@ -4,7 +4,7 @@
 shap library's path), or ``auto`` (exact for short inputs, sampling otherwise).
 """
 
-from . import exact, partition, sampling  # noqa: F401  (register the estimators)
+from . import exact, hierarchical, kernel, partition, sampling  # noqa: F401  (register the estimators)
 from .api import choose_method, explain, explain_tasks, make_task
 from .base import REGISTRY, Attribution, Estimator, ExplainTask, register
 

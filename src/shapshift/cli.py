@@ -1,0 +1,119 @@
+"""``shapshift run | preprocess | explain | adapt | compare | report | explain-text``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import RunConfig
+from .errors import ShapshiftError
+
+log = logging.getLogger("shapshift")
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.set or [])
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.config is None and not Path(DEFAULT_CONFIG).exists():
+        return RunConfig.from_dict(__import__("shapshift.config", fromlist=["apply_overrides"]).apply_overrides({}, overrides))
+    return RunConfig.from_yaml(args.config or DEFAULT_CONFIG, overrides)
+
+
+def _stage_command(stages):
+    def command(args: argparse.Namespace) -> int:
+        from .pipeline import run
+
+        cfg = _config(args)
+        store = run(cfg, stages)
+        print(f"wrote {store.dir}")
+        return 0
+
+    return command
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    cfg = _config(args)
+    print(f"wrote {write_report(cfg.run_dir, cfg.compare)}")
+    return 0
+
+
+def _explain_text(args: argparse.Namespace) -> int:
+    import pickle
+
+    from . import explain, load_model
+    from .store import atomic_write_bytes
+
+    model, tokenizer = load_model(args.model)
+    [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
+                    context=args.context, method=args.method, max_new_tokens=args.max_new_tokens)
+    out = Path(args.out)
+    if out.suffix == ".html":
+        from .report import text_plot_html
+
+        atomic_write_bytes(out, text_plot_html(exp).encode())
+    else:
+        atomic_write_bytes(out, pickle.dumps(exp, protocol=4))
+    print("output tokens:", "".join(exp.output_names))
+    top = sorted(zip(exp.data, exp.values.sum(axis=1)), key=lambda t: -abs(t[1]))[:5]
+    print("largest |value| (summed over output tokens):", ", ".join(f"{t!r} {v:+.2f}" for t, v in top))
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shapshift", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    stages = {
+        "run": ("all four stages", ("preprocess", "explain", "adapt", "compare")),
+        "preprocess": ("stage 1: dataset -> 01_dataset.parquet", ("preprocess",)),
+        "explain": ("stage 2: explain the pre-trained model -> 02_baseline.*", ("explain",)),
+        "adapt": ("stage 3: zero-shot, few-shot, fine-tuned -> 03_*", ("adapt",)),
+        "compare": ("stage 4: overlap, statistics, figures, report", ("compare",)),
+    }
+    for name, (help_text, stage_list) in stages.items():
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=_stage_command(stage_list))
+    p = sub.add_parser("report", help="rewrite report.html from the stored stage-4 results")
+    p.set_defaults(func=_report)
+    for p in list(sub.choices.values()):
+        p.add_argument("--config", help=f"YAML run config (default {DEFAULT_CONFIG})")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. data.n_explain=4")
+        p.add_argument("--name", help="run name (folder under output_dir)")
+    p = sub.add_parser("explain-text", help="explain one ad-hoc text")
+    p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m or tiny-gpt-neo")
+    p.add_argument("--text", required=True, help="the input whose tokens are the features")
+    p.add_argument("--target", help="the continuation to explain (default: greedy generation)")
+    p.add_argument("--context", help="fixed template around the text, with an {input} slot")
+    p.add_argument("--method", default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--out", required=True, help=".pkl (the shap.Explanation) or .html (the text plot)")
+    p.set_defaults(func=_explain_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ShapshiftError as exc:
+        print(f"shapshift: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("shapshift: interrupted; finished artifacts are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Stage 4: explanation overlap between conditions, per example, with CIs and the noise floor.
+
+Reads the stored explanations of each condition (``02_baseline``, ``02_baseline_rerun``,
+``03_zero_shot``, ``03_few_shot``, ``03_finetuned``; any but the baseline may be absent) and writes
+
+* ``04_overlap.parquet`` — one row per example × condition pair × scope × output position × metric
+  × k: ``example_id, condition_a, condition_b, scope, out_pos, metric, k_spec, k, k_used,
+  n_features, value`` (``scope="aggregate"``: the values summed/averaged over generated tokens,
+  ``out_pos`` missing; ``scope="token"``: one generated token; ``k_spec`` labels the k: ``"3"`` or
+  ``"20%"`` (k = ceil(0.2 n) per example) or ``"all"`` for metrics over all features);
+* ``04_overlap_curves.parquet`` — the top-k overlap for every k = 1..n of the aggregated values:
+  ``example_id, condition_a, condition_b, k, n_features, value``;
+* ``04_summary.csv`` — per condition pair × scope × metric × k_spec: ``mean, ci_low, ci_high, n``
+  (percentile bootstrap over examples; a token-scope value is first averaged over the example's
+  output positions), and for pairs against the baseline ``noise_floor_mean``, ``delta_vs_floor``,
+  ``wilcoxon_p`` (paired over examples, two-sided) and ``wilcoxon_p_holm`` (Holm-adjusted over the
+  conditions of one metric × k × scope), with a ``note``.
+
+The noise floor is the overlap of the baseline with itself explained again under another seed
+(``baseline_rerun``): what overlap looks like when nothing but estimator noise changed. Without a
+rerun, the floor is NaN — unless the baseline's estimator is known to be deterministic (exact
+Shapley values), whose rerun would be identical: then the floor is exactly 1 for every example.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import overlap as ov
+from .config import CompareConfig
+from .errors import ArtifactError
+from .stats import bootstrap_mean_ci, holm, wilcoxon_paired
+from .store import RunStore, atomic_write_bytes, load_explanations
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+NOISE_FLOOR = "baseline_rerun"
+#: Conditions in display order, and the artifact stem of each.
+CONDITION_STEMS = {
+    BASELINE: "02_baseline",
+    NOISE_FLOOR: "02_baseline_rerun",
+    "zero_shot": "03_zero_shot",
+    "few_shot": "03_few_shot",
+    "finetuned": "03_finetuned",
+}
+OVERLAP_FILE = "04_overlap.parquet"
+CURVES_FILE = "04_overlap_curves.parquet"
+SUMMARY_FILE = "04_summary.csv"
+#: The manifest's ``stages`` entry of :func:`run_compare` (time, conditions, pairs, notes).
+STAGE = "compare_overlap"
+#: Estimators whose values do not depend on the seed (a rerun gives identical values).
+DETERMINISTIC_METHODS = frozenset({"exact"})
+OVERLAP_COLUMNS = ["example_id", "condition_a", "condition_b", "scope", "out_pos", "metric", "k_spec", "k",
+                   "k_used", "n_features", "value"]
+SUMMARY_COLUMNS = ["condition_a", "condition_b", "scope", "metric", "k_spec", "k_mean", "mean", "ci_low", "ci_high",
+                   "n", "noise_floor_mean", "delta_vs_floor", "wilcoxon_p", "wilcoxon_p_holm", "note"]
+
+Explanations = dict[int, Any]  # example_id -> shap.Explanation
+
+
+# -- loading --------------------------------------------------------------------------------------
+def available_conditions(store: RunStore) -> list[str]:
+    """The conditions whose explanations exist in the run folder, in :data:`CONDITION_STEMS` order."""
+    return [c for c, stem in CONDITION_STEMS.items()
+            if store.path(f"{stem}.parquet").exists() or store.path(f"{stem}.pkl").exists()]
+
+
+def load_condition(store: RunStore, condition: str) -> Explanations:
+    """``{example_id: shap.Explanation}`` of one condition (values ``(n_in, n_out)``)."""
+    ids, exps = load_explanations(store, CONDITION_STEMS[condition])
+    return {int(i): e for i, e in zip(ids, exps, strict=True)}
+
+
+def baseline_is_deterministic(store: RunStore) -> bool | None:
+    """Whether the baseline's estimator gives seed-independent values; None when the run does not say.
+
+    Looks, in order, at the baseline pickle's ``meta["deterministic"]``, its ``meta["method"]`` (unless
+    ``"auto"``) and the ``method`` of each entry of ``meta["per_example"]`` / ``meta["stats"]``, and
+    the manifest's ``config.explain.method``; methods in :data:`DETERMINISTIC_METHODS` are deterministic.
+    """
+    meta: dict[str, Any] = {}
+    name = f"{CONDITION_STEMS[BASELINE]}.pkl"
+    try:
+        meta = pickle.loads(store.verify(name).read_bytes()).get("meta") or {}
+    except (ArtifactError, OSError, pickle.UnpicklingError, AttributeError, EOFError):
+        meta = {}
+    if isinstance(meta.get("deterministic"), bool):
+        return meta["deterministic"]
+    methods = set()
+    if isinstance(meta.get("method"), str) and meta["method"] != "auto":
+        methods.add(meta["method"])
+    for row in [*(meta.get("per_example") or []), *(meta.get("stats") or [])]:
+        if isinstance(row, dict) and isinstance(row.get("method"), str):
+            methods.add(row["method"])
+    if not methods:
+        method = store.manifest().get("config", {}).get("explain", {}).get("method")
+        if isinstance(method, str) and method != "auto":
+            methods.add(method)
+    if not methods:
+        return None
+    return methods <= DETERMINISTIC_METHODS
+
+
+def condition_pairs(conditions: list[str]) -> list[tuple[str, str]]:
+    """The pairs compared: baseline vs each condition, each condition vs each other, baseline vs rerun.
+
+    The rerun is paired with the baseline only (it is the noise floor, not a condition).
+    """
+    others = [c for c in conditions if c not in (BASELINE, NOISE_FLOOR)]
+    pairs = [(BASELINE, c) for c in others] if BASELINE in conditions else []
+    pairs += [(a, b) for i, a in enumerate(others) for b in others[i + 1:]]
+    if BASELINE in conditions and NOISE_FLOOR in conditions:
+        pairs.append((BASELINE, NOISE_FLOOR))
+    return pairs
+
+
+# -- per example ----------------------------------------------------------------------------------
+def _common_ids(exps_a: Explanations, exps_b: Explanations, pair: tuple[str, str]) -> list[int]:
+    ids = sorted(set(exps_a) & set(exps_b))
+    missing = sorted(set(exps_a) ^ set(exps_b))
+    if missing:
+        log.warning("%s vs %s: %d example(s) explained in only one of them are skipped: %s",
+                    *pair, len(missing), missing[:10])
+    return ids
+
+
+def _check_features(ex_id: int, exp_a: Any, exp_b: Any, pair: tuple[str, str]) -> None:
+    na, nb = ov.explanation_values(exp_a).shape[0], ov.explanation_values(exp_b).shape[0]
+    if na != nb:
+        raise ArtifactError(
+            f"Example {ex_id} has {na} input tokens in {pair[0]} but {nb} in {pair[1]}: overlap needs the same features.",
+            "Every condition must explain the tokens of the example's own input; re-run the explain stages.")
+    da, db = getattr(exp_a, "data", None), getattr(exp_b, "data", None)
+    if da is not None and db is not None and list(map(str, da)) != list(map(str, db)):
+        log.warning("Example %d: the input tokens of %s and %s differ in text; positions are compared.", ex_id, *pair)
+
+
+def compare_pair(exps_a: Explanations, exps_b: Explanations, pair: tuple[str, str], cfg: CompareConfig, *,
+                 top_fraction: float = ov.TOP_FRACTION, rbo_p: float = ov.RBO_P) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Metrics and overlap curves of one condition pair over their common examples.
+
+    Returns ``(rows, curves)``: ``rows`` with :data:`OVERLAP_COLUMNS`, ``curves`` with
+    ``example_id, condition_a, condition_b, k, n_features, value`` (top-k overlap of the aggregated
+    values for k = 1..n).
+    """
+    rows: list[dict[str, Any]] = []
+    curves = []
+    for ex_id in _common_ids(exps_a, exps_b, pair):
+        ea, eb = exps_a[ex_id], exps_b[ex_id]
+        _check_features(ex_id, ea, eb, pair)
+        rows += [{"example_id": ex_id, **r} for r in ov.explanation_rows(
+            ea, eb, cfg.ks, how=cfg.aggregate, top_fraction=top_fraction, rbo_p=rbo_p)]
+        curve = ov.overlap_curve(ov.aggregate(ea, cfg.aggregate), ov.aggregate(eb, cfg.aggregate))
+        curves.append(pd.DataFrame({"example_id": ex_id, "k": np.arange(1, curve.size + 1), "n_features": curve.size,
+                                    "value": curve}))
+    table = pd.DataFrame(rows, columns=["example_id", *ov.COMPARE_COLUMNS])
+    curv = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["example_id", "k", "n_features", "value"])
+    for df in (table, curv):
+        df.insert(1, "condition_a", pair[0])
+        df.insert(2, "condition_b", pair[1])
+    return table[OVERLAP_COLUMNS], curv
+
+
+# -- summary --------------------------------------------------------------------------------------
+_KEYS = ["condition_a", "condition_b", "scope", "metric", "k_spec"]
+
+
+def per_example(overlap: pd.DataFrame) -> pd.DataFrame:
+    """One value per example × pair × scope × metric × k_spec (token scope: mean over output positions).
+
+    Columns: the keys, ``example_id``, ``k`` (mean k of the example), ``value``.
+    """
+    df = overlap.assign(k=overlap["k"].astype("float64"))
+    return (df.groupby([*_KEYS, "example_id"], sort=False, dropna=False)
+            .agg(k=("k", "mean"), value=("value", "mean")).reset_index())
+
+
+def _floor_values(ex: pd.DataFrame, deterministic: bool | None) -> tuple[pd.DataFrame | None, str]:
+    """Per-example noise-floor values (``scope, metric, k_spec, example_id, floor``) and a note."""
+    rerun = ex[(ex["condition_a"] == BASELINE) & (ex["condition_b"] == NOISE_FLOOR)]
+    if not rerun.empty:
+        return (rerun[["scope", "metric", "k_spec", "example_id", "value"]].rename(columns={"value": "floor"}),
+                "noise floor: baseline vs baseline_rerun")
+    if deterministic:
+        return None, "noise floor: deterministic estimator, exactly 1 by construction (no rerun needed)"
+    return None, "noise floor: NaN, no baseline_rerun in this run (set explain.noise_floor=true)"
+
+
+def summarize(overlap: pd.DataFrame, *, n_bootstrap: int = 1000, seed: int = 0,
+              deterministic: bool | None = None) -> pd.DataFrame:
+    """The summary table (:data:`SUMMARY_COLUMNS`) of a ``04_overlap`` table; see the module docstring.
+
+    ``noise_floor_mean`` is the mean of the floor over its own examples (the same number as the
+    baseline-vs-rerun row); the Wilcoxon test pairs the examples that both have.
+    """
+    ex = per_example(overlap)
+    floor, floor_note = _floor_values(ex, deterministic)
+    floor_means: dict[tuple[str, str, str], float] = {}
+    if floor is not None:
+        ex = ex.merge(floor, on=["scope", "metric", "k_spec", "example_id"], how="left")
+        floor_means = floor.groupby(["scope", "metric", "k_spec"])["floor"].mean().to_dict()
+    elif deterministic:
+        ex["floor"] = 1.0
+    rows = []
+    for keys, g in ex.groupby(_KEYS, sort=False):
+        row = dict(zip(_KEYS, keys, strict=True))
+        ci = bootstrap_mean_ci(g["value"].to_numpy(), n_bootstrap=n_bootstrap, seed=seed)
+        row.update(k_mean=float(g["k"].mean()) if g["k"].notna().any() else np.nan,
+                   mean=ci.mean, ci_low=ci.low, ci_high=ci.high, n=ci.n,
+                   noise_floor_mean=np.nan, wilcoxon_p=np.nan, note="")
+        if row["condition_a"] == BASELINE and row["condition_b"] == NOISE_FLOOR:
+            row["note"] = "this row is the noise floor (baseline explained twice)"
+        elif row["condition_a"] == BASELINE:
+            row["note"] = floor_note
+            if "floor" in g:
+                row["noise_floor_mean"] = floor_means.get(keys[2:], 1.0 if floor is None else np.nan)
+                row["wilcoxon_p"] = wilcoxon_paired(g["value"].to_numpy(), g["floor"].to_numpy())
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=[c for c in SUMMARY_COLUMNS if c not in ("delta_vs_floor", "wilcoxon_p_holm")])
+    out["delta_vs_floor"] = out["mean"] - out["noise_floor_mean"]
+    out["wilcoxon_p_holm"] = np.nan
+    for _, idx in out.groupby(["scope", "metric", "k_spec"], sort=False).groups.items():
+        out.loc[idx, "wilcoxon_p_holm"] = holm(out.loc[idx, "wilcoxon_p"].to_numpy())
+    return out[SUMMARY_COLUMNS]
+
+
+# -- the stage ------------------------------------------------------------------------------------
+def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.DataFrame:
+    """Compare every condition pair in ``run_dir``; write the stage-4 artifacts; return the summary.
+
+    Writes ``04_overlap.parquet``, ``04_overlap_curves.parquet`` and ``04_summary.csv`` atomically
+    and records their sha256 in ``manifest.json`` (with the stage's time, pairs and notes under
+    ``stages.compare_overlap``). Top-k metrics use ``cfg.ks`` plus k = 20 % of the features (rounded up,
+    at least 1) per example; RBO uses p = 0.9 (``cfg.rbo_p`` / ``cfg.top_fraction`` / ``cfg.seed``
+    are honoured where the config has them). Raises :class:`ArtifactError` without a baseline.
+    """
+    cfg = cfg or CompareConfig()
+    cfg.validate()
+    store = RunStore(run_dir)
+    conditions = available_conditions(store)
+    if BASELINE not in conditions:
+        raise ArtifactError(f"No baseline explanations ({CONDITION_STEMS[BASELINE]}.parquet) in {store.dir}.",
+                            "Run the explain stage first (`shapshift explain`).")
+    top_fraction = float(getattr(cfg, "top_fraction", ov.TOP_FRACTION))
+    rbo_p = float(getattr(cfg, "rbo_p", ov.RBO_P))
+    seed = int(getattr(cfg, "seed", 0))
+    pairs = condition_pairs(conditions)
+    with store.timed(STAGE, conditions=conditions, pairs=[list(p) for p in pairs], config=asdict(cfg)) as info:
+        loaded = {c: load_condition(store, c) for c in conditions}
+        frames, curves = [], []
+        for pair in pairs:
+            rows, curv = compare_pair(loaded[pair[0]], loaded[pair[1]], pair, cfg, top_fraction=top_fraction, rbo_p=rbo_p)
+            frames.append(rows)
+            curves.append(curv)
+            log.info("compared %s vs %s on %d examples", *pair, rows["example_id"].nunique())
+        overlap = _typed(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OVERLAP_COLUMNS))
+        curves_df = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
+            columns=["example_id", "condition_a", "condition_b", "k", "n_features", "value"])
+        deterministic = baseline_is_deterministic(store) if NOISE_FLOOR not in conditions else None
+        summary = summarize(overlap, n_bootstrap=cfg.n_bootstrap, seed=seed, deterministic=deterministic)
+        store.write_parquet(overlap, OVERLAP_FILE)
+        store.write_parquet(curves_df, CURVES_FILE)
+        atomic_write_bytes(store.path(SUMMARY_FILE), summary.to_csv(index=False).encode())
+        store.record(SUMMARY_FILE)
+        info["notes"] = run_notes(conditions, deterministic)
+        info["n_examples"] = int(overlap["example_id"].nunique()) if len(overlap) else 0
+    for note in info["notes"]:
+        log.info("compare: %s", note)
+    return summary
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.astype({"example_id": "int64", "out_pos": "Int64", "k": "Int64", "k_used": "Int64",
+                    "n_features": "int64", "value": "float64"})
+    for col in ("condition_a", "condition_b", "scope", "metric", "k_spec"):
+        df[col] = df[col].astype(str)
+    return df.reset_index(drop=True)
+
+
+def run_notes(conditions: list[str], deterministic: bool | None) -> list[str]:
+    """Plain-language notes on what the run could and could not compare."""
+    notes = []
+    missing = [c for c in CONDITION_STEMS if c not in conditions and c != NOISE_FLOOR]
+    if missing:
+        notes.append(f"Conditions without explanations (not compared): {', '.join(missing)}.")
+    if NOISE_FLOOR not in conditions:
+        if deterministic:
+            notes.append("No baseline rerun, but the baseline's estimator is deterministic (exact Shapley "
+                         "values): a rerun would be identical, so the noise floor is exactly 1.")
+        else:
+            notes.append("No baseline rerun (02_baseline_rerun): the noise floor is NaN and no Wilcoxon test "
+                         "against it is possible. Set explain.noise_floor=true to measure it.")
+    return notes

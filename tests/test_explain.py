@@ -1,0 +1,104 @@
+"""The explanation contract on real models: efficiency, the known answer, round trips, the CLI twin."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import shapshift
+from shapshift.cli import main
+from shapshift.explainers import make_task
+from shapshift.prompting import build_prompt
+from shapshift.scoring import TeacherForcedScorer
+from shapshift.store import RunStore, frame_to_explanations, load_explanations, save_explanations
+
+
+def _independent_scores(model, tok, text, context, target):
+    """Full and fully masked scores, computed without the explainer."""
+    parts = build_prompt(text, context, tok)
+    task = make_task(model, tok, parts, tok(target, add_special_tokens=False)["input_ids"])
+    scorer = TeacherForcedScorer(model, task.prompt, task.target_ids, use_cache=False)
+    return scorer.full(), scorer.empty()
+
+
+@pytest.mark.parametrize("method", ["exact", "sampling", "partition"])
+def test_efficiency_on_gpt_neo(tiny_neo, method):
+    model, tok = tiny_neo
+    text, context, target = "a quiet film about two brothers", "Review:{input}\nSentiment:", " positive and warm"
+    [exp] = shapshift.explain(model, tok, [text], targets=[target], context=context, method=method,
+                              max_evals=64, progress=False)
+    n_in = len(tok(" " + text, add_special_tokens=False)["input_ids"])
+    assert exp.values.shape == (n_in, len(exp.output_names))
+    total = exp.base_values + exp.values.sum(axis=0)
+    if method == "partition":  # shap's own masking: '...' replaces masked tokens; check against its own outputs
+        assert np.all(np.isfinite(total))
+        return
+    full, empty = _independent_scores(model, tok, text, context, target)
+    np.testing.assert_allclose(exp.base_values, empty, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(total, full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["exact", "partition"])
+def test_known_answer_capital_of_france(smollm2, method):
+    """shap's own run gave ' capital' 8.3 and ' France' 6.2 log-odds; every other token below 3."""
+    import shap
+
+    model, tok = smollm2
+    [exp] = shapshift.explain(model, tok, ["The capital of France is"], targets=[" Paris"], method=method,
+                              progress=False)
+    assert exp.output_names == [" Paris"]
+    order = np.argsort(-exp.values[:, 0])
+    assert {exp.data[order[0]], exp.data[order[1]]} == {" capital", " France"}
+    if method == "partition":  # efficiency against shap's own scorer of the full text
+        full = shap.models.TeacherForcing(model, tok)(np.array(["The capital of France is"]), np.array([" Paris"]))[0]
+        np.testing.assert_allclose(exp.base_values + exp.values.sum(0), full, rtol=1e-4, atol=1e-3)
+    else:
+        full, empty = _independent_scores(model, tok, "The capital of France is", "{input}", " Paris")
+        np.testing.assert_allclose(exp.base_values, empty, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(exp.base_values + exp.values.sum(0), full, rtol=1e-4, atol=1e-4)
+
+
+def test_generated_targets_and_round_trip(tiny_neo, tmp_path):
+    model, tok = tiny_neo
+    exps = shapshift.explain(model, tok, ["one two three", "four five"], context="Q:{input}\nA:",
+                             method="exact", max_new_tokens=3, stop_at_newline=False, progress=False)
+    assert [e.values.shape[1] for e in exps] == [3, 3]
+    store = RunStore(tmp_path)
+    save_explanations(store, "02_baseline", exps, [7, 9], "baseline")
+    ids, from_pickle = load_explanations(store, "02_baseline")
+    ids2, from_parquet = frame_to_explanations(store.read_parquet("02_baseline.parquet"))
+    assert ids == ids2 == [7, 9]
+    for a, b, c in zip(exps, from_pickle, from_parquet):
+        np.testing.assert_array_equal(a.values, c.values)
+        np.testing.assert_array_equal(a.base_values, c.base_values)
+        assert list(a.data) == list(b.data) == list(c.data)
+        assert list(a.output_names) == list(c.output_names)
+
+
+def test_text_plot_renders_a_stored_explanation(tiny_neo):
+    import shap
+
+    model, tok = tiny_neo
+    [exp] = shapshift.explain(model, tok, ["one two three"], targets=[" four five"], method="exact", progress=False)
+    html = shap.plots.text(exp, display=False)
+    assert " two" in html or "two" in html
+
+
+def test_explain_text_cli(tmp_path, capsys):
+    out = tmp_path / "exp.pkl"
+    assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "good film", "--target", " yes",
+                 "--method", "exact", "--out", str(out)]) == 0
+    exp = pickle.loads(out.read_bytes())
+    assert exp.values.shape == (2, 1)
+    assert "largest |value|" in capsys.readouterr().out
+
+
+def test_bad_inputs_are_clear_errors(tiny_neo):
+    model, tok = tiny_neo
+    with pytest.raises(shapshift.ShapshiftError, match="empty input"):
+        shapshift.explain(model, tok, ["   "], targets=[" x"], progress=False)
+    with pytest.raises(shapshift.ShapshiftError, match="has no tokens"):
+        shapshift.explain(model, tok, ["fine"], targets=[""], progress=False)
+    with pytest.raises(shapshift.ShapshiftError, match="Unknown explanation method"):
+        shapshift.explain(model, tok, ["fine"], targets=[" x"], method="magic", progress=False)
+    assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "  ", "--out", "/tmp/x.pkl"]) == 2

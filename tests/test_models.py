@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from shapshift.errors import ModelError
+from shapshift.models import load_model, padding_side
+
+
+def test_smollm2_answers_paris(smollm2):
+    model, tok = smollm2
+    assert tok.pad_token is not None and tok.padding_side == "right"
+    assert not model.training
+    ids = tok("The capital of France is", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=2, do_sample=False)
+    assert tok.decode(out[0, ids["input_ids"].shape[1]:]).startswith(" Paris")
+
+
+def test_tiny_gpt_neo_generates_in_a_left_padded_batch(tiny_neo):
+    model, tok = tiny_neo
+    assert type(model).__name__ == "GPTNeoForCausalLM"
+    assert model.config.attention_layers == ["global", "local"]
+    assert tok.pad_token_id is not None and model.config.pad_token_id == tok.pad_token_id
+    with padding_side(tok, "left"):
+        batch = tok(["a short one", "a somewhat longer prompt here"], return_tensors="pt", padding=True)
+    assert tok.padding_side == "right"
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 3)
+    # left padding must not change a prompt's greedy continuation
+    single = model.generate(**tok(["a short one"], return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert torch.equal(out[0, -3:], single[0, -3:])
+
+
+def test_unknown_model_names_the_offline_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="smollm2-135m"):
+        load_model("no-such-org/no-such-model-xyz")
