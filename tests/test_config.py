@@ -1,9 +1,8 @@
 import pytest
+from conftest import REPO
 
 from shapshift.config import RunConfig
 from shapshift.errors import ConfigError
-
-from conftest import REPO
 
 
 def test_defaults_validate_and_demo_config_loads():

@@ -1,12 +1,11 @@
 import pandas as pd
 import pytest
+from conftest import DEMO_DATA
 
 from shapshift.config import DataConfig
 from shapshift.data import DATASET_COLUMNS, load_table, preprocess
 from shapshift.errors import DataError
 from shapshift.store import RunStore
-
-from conftest import DEMO_DATA
 
 
 def test_sst2_tsv_loads_through_the_datasets_loader(sst2_dev):

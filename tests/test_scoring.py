@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from shapshift.prompting import build_prompt, encode_prompt
-from shapshift.scoring import (CPU_BATCH_SIZE, MASKINGS, TableScorer, TeacherForcedScorer, auto_batch_size,
-                               row_bytes)
+from shapshift.scoring import (
+    CPU_BATCH_SIZE,
+    MASKINGS,
+    TableScorer,
+    TeacherForcedScorer,
+    auto_batch_size,
+    row_bytes,
+)
 
 # a prefix longer than GPT-Neo's local attention window (16 in tiny-gpt-neo), so the sliding cache is exercised
 CONTEXT = "Instruction: read the review and answer with one word.\n\nReview: dull and long\nSentiment: negative\n\nReview:{input}\nSentiment:"

@@ -29,7 +29,7 @@ def _stage_command(stages):
         from .pipeline import run
 
         cfg = _config(args)
-        store = run(cfg, stages)
+        store = run(cfg, stages, resume=args.resume)
         print(f"wrote {store.dir}")
         return 0
 
@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help=f"YAML run config (default {DEFAULT_CONFIG})")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. data.n_explain=4")
         p.add_argument("--name", help="run name (folder under output_dir)")
+        p.add_argument("--resume", action="store_true",
+                       help="skip stages (and examples) finished under the same config; refuse mixing configs")
     p = sub.add_parser("explain-text", help="explain one ad-hoc text")
     p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m or tiny-gpt-neo")
     p.add_argument("--text", required=True, help="the input whose tokens are the features")

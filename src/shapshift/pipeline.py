@@ -10,23 +10,31 @@ and ``manifest.json`` (config, versions, timings, sha256 of each artifact).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import RunConfig
-from .errors import DataError
-from .explainers import explain_tasks, make_task
+from .errors import ArtifactError, DataError
+from .explainers import REGISTRY, explain_tasks, make_task
 from .generation import generate
 from .models import load_model, uses_chat_template
 from .prompting import Demonstration, PromptParts, build_prompt, encode_prompt, token_strings
 from .scoring import TeacherForcedScorer
-from .store import RunStore, load_explanations, package_versions, save_explanations
+from .store import (
+    ExampleCheckpoint,
+    RunStore,
+    load_explanations,
+    package_versions,
+    save_explanations,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +55,11 @@ def preprocess_stage(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> pd.D
     from .data import preprocess
 
     store = open_store(cfg)
-    with store.timed("preprocess") as info:
-        df, report = preprocess(cfg.data, tokenizer)
+    df, report = preprocess(cfg.data, tokenizer)  # errors here leave the run folder untouched
+    invalidate_from(store, "preprocess")
+    with store.timed("preprocess", fingerprint=stage_fingerprint(cfg, "preprocess")) as info:
         store.write_parquet(df, DATASET)
-        info.update(asdict(report))
+        info.update(asdict(report), complete=True)
     log.info("preprocess: %d examples (%s)", len(df), report.splits)
     return df
 
@@ -81,15 +90,88 @@ def _target_ids(tokenizer, text: str | None) -> list[int] | None:
     return None if text is None else tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+#: Config sections whose change alters each stage's results (and every later stage's).
+STAGE_SECTIONS = {
+    "preprocess": ("model", "data"),
+    "explain": ("model", "data", "generation", "explain"),
+    "adapt": ("model", "data", "generation", "explain", "adapt"),
+    "compare": ("model", "data", "generation", "explain", "adapt", "compare"),
+}
+#: Artifacts each stage writes (compare's figures and report are listed by the compare module).
+STAGE_ARTIFACTS = {
+    "preprocess": ["01_dataset.parquet"],
+    "explain": ["02_generations.parquet", "02_baseline.parquet", "02_baseline.pkl", "02_baseline_rerun.parquet",
+                "02_baseline_rerun.pkl"],
+    "adapt": ["03_generations.parquet", "03_finetune.json"] + [f"03_{c}.{ext}" for c in ("zero_shot", "few_shot", "finetuned")
+                                                               for ext in ("parquet", "pkl")],
+    "compare": ["04_overlap.parquet", "04_overlap_curves.parquet", "04_summary.csv", "report.html"],
+}
+
+
+def stage_fingerprint(cfg: RunConfig, stage: str) -> str:
+    return cfg.fingerprint(*STAGE_SECTIONS[stage])
+
+
+def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
+    """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
+    info = store.manifest().get("stages", {}).get(stage, {})
+    if info.get("fingerprint") != stage_fingerprint(cfg, stage) or not info.get("complete"):
+        return False
+    recorded = store.manifest().get("artifacts", {})
+    try:
+        for name in STAGE_ARTIFACTS[stage]:
+            if name in recorded:
+                store.verify(name)
+    except ArtifactError as exc:
+        log.warning("%s: re-running (%s)", stage, exc.problem)
+        return False
+    return True
+
+
+def invalidate_from(store: RunStore, stage: str) -> None:
+    """Delete the artifacts of ``stage`` and every later stage: a fresh stage never mixes with stale results."""
+    import shutil
+
+    later = STAGES[STAGES.index(stage):]
+    man = store.manifest()
+    for st in later:
+        for name in STAGE_ARTIFACTS[st]:
+            store.path(name).unlink(missing_ok=True)
+            man.get("artifacts", {}).pop(name, None)
+        man.get("stages", {}).pop(st, None)
+    if "compare" in later:
+        shutil.rmtree(store.path("figures"), ignore_errors=True)
+    if "adapt" in later:
+        shutil.rmtree(store.path("adapters"), ignore_errors=True)
+    write_json(man, store.path("manifest.json"))
+
+
 def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        rows: pd.DataFrame, parts: list[PromptParts], targets: list[list[int]], stem: str,
-                       condition: str, seed: int) -> tuple[list[Any], list[dict]]:
+                       condition: str, seed: int, resume: bool = False) -> tuple[list[Any], list[dict]]:
+    """Explain every row, saving each example as soon as it is done; a resumed run skips those."""
     ex = cfg.explain
-    tasks = [make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, batch_size=ex.batch_size,
-                       max_evals=ex.max_evals, seed=seed) for p, t, r in zip(parts, targets, rows.itertuples())]
-    explanations, stats = explain_tasks(tasks, ex.method, desc=f"explain {condition}")
-    meta = {"method": ex.method, "score": ex.score, "max_evals": ex.max_evals, "seed": seed, "per_example": stats}
+    fingerprint = f"{stage_fingerprint(cfg, 'adapt' if stem.startswith('03_') else 'explain')}-{stem}-{seed}"
+    checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
+    done = checkpoint.start(resume)
+    if done:
+        log.info("%s: resuming, %d of %d examples already explained", condition, len(done), len(rows))
+    for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
+        if int(r.example_id) in done:
+            continue
+        task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, batch_size=ex.batch_size,
+                         max_evals=ex.max_evals, seed=seed)
+        [exp], [stats] = explain_tasks([task], ex.method, progress=False)
+        checkpoint.save(int(r.example_id), exp, stats)
+        done[int(r.example_id)] = (exp, stats)
+    explanations = [done[int(i)][0] for i in rows["example_id"]]
+    stats = [done[int(i)][1] for i in rows["example_id"]]
+    methods = sorted({st["method"] for st in stats})
+    meta = {"method": ex.method, "methods_used": methods, "score": ex.score, "max_evals": ex.max_evals, "seed": seed,
+            "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
+    store.update_manifest(explain_stats={stem: stats})
+    checkpoint.clear()
     return explanations, stats
 
 
@@ -121,17 +203,21 @@ def label_match(generated: str, reference: str | None) -> float:
 
 
 # -- stage 2 ----------------------------------------------------------------------------------------
-def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[Any]:
+def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                  resume: bool = False) -> list[Any]:
     """Stage 2: generate and explain the pre-trained model on the plain prompt.
 
     Writes ``02_generations.parquet``, ``02_baseline.{pkl,parquet}`` and, when ``explain.noise_floor``,
     ``02_baseline_rerun`` (the baseline explained again with seed + 1; an example explained by a
-    deterministic estimator is copied, its floor being exactly 1).
+    deterministic estimator is copied, its floor being exactly 1). With ``resume``, examples finished
+    by an interrupted run under the same config are kept and skipped.
     """
     store = open_store(cfg)
     rows = explain_rows(store)
     parts = base_parts(rows)
-    with store.timed("explain") as info:
+    if not resume:
+        invalidate_from(store, "explain")
+    with store.timed("explain", fingerprint=stage_fingerprint(cfg, "explain")) as info:
         gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg)
         if cfg.explain.target == "reference":
             targets = [_target_ids(tokenizer, t) for t in rows["target_text"]]
@@ -143,34 +229,33 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         gens["explained_ids"] = targets
         store.write_parquet(gens, "02_generations.parquet")
         exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline",
-                                         cfg.explain.seed)
-        info.update(n_examples=len(rows), accuracy=float(np.nanmean(gens["label_match"])) if gens["label_match"].notna().any() else None,
-                    evals=int(sum(s["n_evals"] for s in stats)))
+                                         cfg.explain.seed, resume)
         if cfg.explain.noise_floor:
-            _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats)
+            _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume)
+        matches = gens["label_match"].dropna()
+        info.update(n_examples=len(rows), accuracy=float(matches.mean()) if len(matches) else None,
+                    evals=int(sum(st["n_evals"] for st in stats)), complete=True)
     return exps
 
 
-def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats) -> None:
-    from .explainers import REGISTRY
-
-    again = [i for i, s in enumerate(stats) if not REGISTRY[s["method"]].deterministic]
+def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume) -> None:
+    again = [i for i, st in enumerate(stats) if not REGISTRY[st["method"]].deterministic]
     rerun = list(exps)
     if again:
         sub = rows.iloc[again].reset_index(drop=True)
-        ex = cfg.explain
-        tasks = [make_task(model, tokenizer, parts[i], targets[i], input_ids=list(r.input_ids), score=ex.score,
-                           batch_size=ex.batch_size, max_evals=ex.max_evals, seed=ex.seed + 1)
-                 for i, r in zip(again, sub.itertuples())]
-        new, _ = explain_tasks(tasks, ex.method, desc="explain baseline (noise floor)")
+        new, _ = _explain_condition(cfg, store, model, tokenizer, sub, [parts[i] for i in again],
+                                    [targets[i] for i in again], "02_baseline_rerun", "baseline_rerun",
+                                    cfg.explain.seed + 1, resume)
         for i, e in zip(again, new):
             rerun[i] = e
     save_explanations(store, "02_baseline_rerun", rerun, rows["example_id"].tolist(), "baseline_rerun",
-                      {"seed": cfg.explain.seed + 1, "re_explained": len(again), "copied_deterministic": len(rows) - len(again)})
+                      {"seed": cfg.explain.seed + 1, "re_explained": len(again),
+                       "copied_deterministic": len(rows) - len(again)})
 
 
 # -- stage 3 ----------------------------------------------------------------------------------------
-def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[Any]]:
+def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                resume: bool = False) -> dict[str, list[Any]]:
     """Stage 3: zero-shot, few-shot and fine-tuned conditions, each explained like the baseline."""
     store = open_store(cfg)
     data = store.read_parquet(DATASET)
@@ -178,22 +263,27 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     train = data[data["split"] == "train"].reset_index(drop=True)
     base = store.read_parquet("02_generations.parquet")
     base_targets = {int(r.example_id): list(r.explained_ids) for r in base.itertuples()}
+    if not resume:
+        invalidate_from(store, "adapt")
     results, tables = {}, []
-    for condition in cfg.adapt.conditions:
-        with store.timed(f"adapt:{condition}") as info:
-            cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info)
-            own = generations_table(cond_model, tokenizer, rows, parts, condition, cfg)
-            targets = _condition_targets(cfg, tokenizer, rows, own, base_targets)
-            gens = generations_table(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets) \
-                if cfg.explain.target != "own" else own
-            gens["generated_text"], gens["generated_ids"] = own["generated_text"], own["generated_ids"]
-            gens["generated_tokens"], gens["label_match"] = own["generated_tokens"], own["label_match"]
-            tables.append(gens)
-            results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
-                                                       f"03_{condition}", condition, cfg.explain.seed)
-            info["accuracy"] = float(np.nanmean(own["label_match"])) if own["label_match"].notna().any() else None
-    if tables:
-        store.write_parquet(pd.concat(tables, ignore_index=True), "03_generations.parquet")
+    with store.timed("adapt", fingerprint=stage_fingerprint(cfg, "adapt")) as stage_info:
+        for condition in cfg.adapt.conditions:
+            with store.timed(f"adapt:{condition}") as info:
+                cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info, resume)
+                own = generations_table(cond_model, tokenizer, rows, parts, condition, cfg)
+                targets = _condition_targets(cfg, tokenizer, rows, own, base_targets)
+                gens = own if cfg.explain.target == "own" else \
+                    generations_table(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
+                gens[["generated_text", "generated_ids", "generated_tokens", "label_match"]] = \
+                    own[["generated_text", "generated_ids", "generated_tokens", "label_match"]]
+                tables.append(gens)
+                results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
+                                                           f"03_{condition}", condition, cfg.explain.seed, resume)
+                matches = own["label_match"].dropna()
+                info["accuracy"] = float(matches.mean()) if len(matches) else None
+        if tables:
+            store.write_parquet(pd.concat(tables, ignore_index=True), "03_generations.parquet")
+        stage_info["complete"] = True
     return results
 
 
@@ -205,7 +295,7 @@ def _condition_targets(cfg, tokenizer, rows, own, base_targets) -> list[list[int
     return [base_targets[int(i)] for i in rows["example_id"]]
 
 
-def _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info):
+def _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info, resume):
     if condition == "zero_shot":
         return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction)
     if condition == "few_shot":
@@ -216,23 +306,33 @@ def _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info)
         info["demonstrations"] = [asdict(d) for d in demos]
         return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction, demonstrations=demos)
     if condition == "finetuned":
-        from .finetune import evaluate_task, finetune
-
-        labels = sorted({t for t in train["target_text"].dropna()}) if cfg.data.label_column else None
-        held_out = rows if len(rows) >= 2 else train.tail(cfg.adapt.finetune.n_eval)
-        before = evaluate_task(model, tokenizer, held_out, labels=labels)
-        result = finetune(model, tokenizer, train, cfg.adapt.finetune, seed=cfg.data.seed,
-                          out_dir=store.path("adapters"))
-        after = evaluate_task(result.model, tokenizer, held_out, labels=labels)
-        summary = {"before": before, "after": after, "losses": result.losses, "steps": result.steps,
-                   "seconds": result.seconds, "method": cfg.adapt.finetune.method}
-        from .store import write_json
-
-        write_json(summary, store.path("03_finetune.json"))
-        store.record("03_finetune.json")
-        info.update(task_metric_before=before, task_metric_after=after, steps=result.steps)
-        return result.model, base_parts(rows)
+        return _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume), base_parts(rows)
     raise ValueError(condition)
+
+
+def _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume):
+    """Fine-tune (or, resuming under the same config, reload the saved adapter) and measure the task metric."""
+    from .finetune import evaluate_task, finetune, load_finetuned
+
+    labels = sorted(set(train["target_text"].dropna())) if cfg.data.label_column else None
+    summary_file = store.path("03_finetune.json")
+    fingerprint = stage_fingerprint(cfg, "adapt")
+    if resume and summary_file.exists():
+        summary = json.loads(store.verify("03_finetune.json").read_text())
+        if summary.get("fingerprint") == fingerprint:
+            info.update(task_metric_before=summary["before"], task_metric_after=summary["after"], reloaded=True)
+            return load_finetuned(model, store.path("adapters"), cfg.adapt.finetune)
+    before = evaluate_task(model, tokenizer, rows, labels=labels)
+    result = finetune(model, tokenizer, train, cfg.adapt.finetune, seed=cfg.data.seed, out_dir=store.path("adapters"))
+    after = evaluate_task(result.model, tokenizer, rows, labels=labels)
+    summary = {"before": before, "after": after, "losses": result.losses, "steps": result.steps,
+               "seconds": result.seconds, "method": cfg.adapt.finetune.method, "fingerprint": fingerprint,
+               "evaluated_on": "the explain split (held out from training)"}
+    write_json(summary, summary_file)
+    store.record("03_finetune.json")
+    info.update(task_metric_before=before, task_metric_after=after, steps=result.steps)
+    log.info("fine-tuning: task metric before %s, after %s", before, after)
+    return result.model
 
 
 # -- stage 4 ----------------------------------------------------------------------------------------
@@ -242,33 +342,42 @@ def compare_stage(cfg: RunConfig) -> pd.DataFrame:
     from .report import write_report
 
     store = open_store(cfg)
-    with store.timed("compare"):
+    with store.timed("compare", fingerprint=stage_fingerprint(cfg, "compare")) as info:
         summary = run_compare(store.dir, cfg.compare)
         write_report(store.dir, cfg.compare)
+        info["complete"] = True
     return summary
 
 
 # -- all ----------------------------------------------------------------------------------------------
-def run(cfg: RunConfig, stages: Sequence[str] = STAGES) -> RunStore:
-    """Run the named stages in order, loading the model once."""
+def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, resume: bool = False) -> RunStore:
+    """Run the named stages in order, loading the model once.
+
+    ``resume``: skip stages that finished under the same config (artifacts intact), and within an
+    unfinished stage keep the examples already explained.
+    """
+    store = RunStore(cfg.run_dir)
+    todo = [s for s in stages if not (resume and stage_done(store, cfg, s))]
+    for s in stages:
+        if s not in todo:
+            log.info("stage %s: done under the same config, skipped", s)
     model = tokenizer = None
-    needs_model = any(s in stages for s in ("preprocess", "explain", "adapt"))
-    if needs_model:
+    if any(s in todo for s in ("preprocess", "explain", "adapt")):
         model, tokenizer = load_model(cfg.model.spec, device=cfg.model.device, dtype=cfg.model.dtype,
                                       trust_remote_code=cfg.model.trust_remote_code)
-    for stage in stages:
+    for stage in todo:
         log.info("stage %s", stage)
         if stage == "preprocess":
             preprocess_stage(cfg, tokenizer)
         elif stage == "explain":
-            explain_stage(cfg, model, tokenizer)
+            explain_stage(cfg, model, tokenizer, resume=resume)
         elif stage == "adapt":
-            adapt_stage(cfg, model, tokenizer)
+            adapt_stage(cfg, model, tokenizer, resume=resume)
         elif stage == "compare":
             compare_stage(cfg)
         else:
             raise ValueError(f"unknown stage {stage!r}")
-    return RunStore(cfg.run_dir)
+    return store
 
 
 def load_condition(run_dir, condition: str, *, trust_pickle: bool = False):

@@ -21,7 +21,7 @@ Masking (``masking=``), i.e. what "feature absent" means:
 - ``attention`` (default): masked tokens stay in place but nothing attends to them; the other
   tokens keep their positions, so the model sees a gap.
 - ``delete``: masked tokens are removed and later tokens move up, as in a shortened text (rows are
-  left-padded between the prefix and the body; exact for full-attention models).
+  right-padded, so no real token sees a pad, and each row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
 
 Which one measures better was decided by the fidelity numbers of ``benchmarks/RESULTS.md``
@@ -256,47 +256,57 @@ class TeacherForcedScorer:
         return self._score_body(ids, body_mask, positions)
 
     def _row_batch(self, rows: list[list[int]]) -> np.ndarray:
-        """Rows of different lengths + tail, left-padded between prefix and body so targets end every row."""
+        """Rows of different lengths + tail, right-padded: no real token ever sees a pad (exact for any attention)."""
         tail = self._tail.tolist()
         full = [r + tail for r in rows]
-        width = max(len(r) for r in full)
+        lengths = [len(r) for r in full]
+        width = max(lengths)
         ids = torch.full((len(full), width), self.mask_token_id, dtype=torch.long)
         attn = torch.zeros((len(full), width), dtype=torch.long)
-        pos = torch.zeros((len(full), width), dtype=torch.long)
         for i, r in enumerate(full):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            attn[i, width - len(r):] = 1
-            pos[i, width - len(r):] = torch.arange(len(r))
-        return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device))
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            attn[i, :len(r)] = 1
+        pos = torch.arange(width).unsqueeze(0).expand(len(full), -1)
+        return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device), lengths)
 
     @torch.no_grad()
-    def _score_body(self, ids: torch.Tensor, body_mask: torch.Tensor, positions: torch.Tensor) -> np.ndarray:
-        """Scores ``(b, n_out)`` of body rows ``ids`` ``(b, width)`` after the prefix (cached or not)."""
-        b = ids.shape[0]
+    def _score_body(self, ids: torch.Tensor, body_mask: torch.Tensor, positions: torch.Tensor,
+                    lengths: list[int] | None = None) -> np.ndarray:
+        """Scores ``(b, n_out)`` of body rows ``ids`` ``(b, width)`` after the prefix (cached or not).
+
+        ``lengths``: where each right-padded row really ends (default: every row fills ``width``).
+        """
+        b, width = ids.shape
         n_prefix = self.n_prefix
         kwargs = {}
         if self.use_cache:
             kwargs[self._cache_name] = self._batched_cache(b)
+            positions = positions + n_prefix
+            body_mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=self.device), body_mask], dim=1)
         elif n_prefix:
             prefix = torch.tensor(self.prompt.prefix_ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(b, -1)
             ids = torch.cat([prefix, ids], dim=1)
             body_mask = torch.cat([torch.ones_like(prefix), body_mask], dim=1)
             positions = torch.cat([torch.arange(n_prefix, device=self.device).unsqueeze(0).expand(b, -1),
                                    positions + n_prefix], dim=1)
-        if self.use_cache:
-            positions = positions + n_prefix
-            body_mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=self.device), body_mask], dim=1)
         self.n_forward_tokens += ids.numel()
-        logits = self._forward(ids, body_mask, positions, kwargs)
+        # logits of the last `keep` positions: the targets of every row lie there
+        keep = self.n_out + (width - min(lengths) if lengths else 0)
+        logits = self._forward(ids, body_mask, positions, kwargs, keep)
+        if lengths:
+            starts = torch.tensor([n - self.n_out - (width - keep) for n in lengths], device=self.device)
+            index = starts[:, None] + torch.arange(self.n_out, device=self.device)[None, :]
+            logits = logits[torch.arange(b, device=self.device)[:, None], index]
         targets = self._targets.unsqueeze(0).expand(b, -1)
         return token_scores(logits, targets, self.score).double().cpu().numpy()
 
-    def _forward(self, ids, attn, positions, kwargs) -> torch.Tensor:
+    def _forward(self, ids, attn, positions, kwargs, keep: int) -> torch.Tensor:
+        """Logits ``(b, keep, vocab)`` of the last ``keep`` positions."""
         if self._logits_to_keep:  # older models compute every position's logits
-            kwargs["logits_to_keep"] = self.n_out
+            kwargs["logits_to_keep"] = keep
         logits = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=self.use_cache,
                             **kwargs).logits
-        return logits[:, -self.n_out:, :]
+        return logits[:, -keep:, :]
 
 
 class TableScorer:

@@ -213,12 +213,24 @@ def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
     return ids, out
 
 
+def plain_explanation(exp: Any) -> Any:
+    """The fields the contract stores (no timings), so equal results pickle to equal bytes."""
+    import shap
+
+    return shap.Explanation(values=np.asarray(exp.values, dtype=np.float64),
+                            base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
+                            data=np.asarray([str(t) for t in exp.data], dtype=object),
+                            output_names=[str(t) for t in exp.output_names],
+                            error_std=getattr(exp, "error_std", None))
+
+
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
                       condition: str, meta: dict[str, Any] | None = None) -> None:
     """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both."""
+    explanations = [plain_explanation(e) for e in explanations]
     store.write_parquet(explanations_to_frame(explanations, example_ids, condition), f"{stem}.parquet")
     payload = {"condition": condition, "example_ids": [int(i) for i in example_ids],
-               "explanations": list(explanations), "meta": meta or {}}
+               "explanations": explanations, "meta": meta or {}}
     atomic_write_bytes(store.path(f"{stem}.pkl"), pickle.dumps(payload, protocol=4))
     store.record(f"{stem}.pkl")
 
@@ -238,3 +250,67 @@ def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False)
         except ArtifactError:
             pass  # fall back to the Parquet table, which is checked in turn
     return frame_to_explanations(store.read_parquet(f"{stem}.parquet"))
+
+
+# -- per-example checkpoints (resume) ---------------------------------------------------------------
+class ExampleCheckpoint:
+    """Finished examples of a stage in progress, one ``.npz`` each (no pickle), under a config fingerprint.
+
+    A stage saves each example as soon as it is explained; a resumed run loads them and skips those
+    examples. Results made under another fingerprint are never mixed in: ``load`` refuses them.
+    """
+
+    def __init__(self, folder: str | Path, fingerprint: str) -> None:
+        self.dir = Path(folder)
+        self.fingerprint = fingerprint
+
+    def _fp_file(self) -> Path:
+        return self.dir / "fingerprint.txt"
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start(self, resume: bool) -> dict[int, tuple[Any, dict]]:
+        """The examples already done (when resuming under the same fingerprint); else a fresh folder."""
+        if resume and self.dir.exists():
+            found = self._fp_file().read_text().strip() if self._fp_file().exists() else None
+            if found != self.fingerprint:
+                raise ArtifactError(
+                    f"The unfinished results in {self.dir} were made with a different configuration "
+                    f"(fingerprint {found}, now {self.fingerprint}); they cannot be resumed into this run.",
+                    "Run again without --resume to start this stage fresh (its unfinished results are then discarded).")
+            return self.load()
+        self.clear()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._fp_file(), self.fingerprint.encode())
+        return {}
+
+    def save(self, example_id: int, exp: Any, stats: dict) -> None:
+        err = getattr(exp, "error_std", None)
+        buf = io.BytesIO()
+        np.savez(buf, values=np.asarray(exp.values, dtype=np.float64),
+                 base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
+                 data=np.asarray([str(t) for t in exp.data], dtype=str),
+                 output_names=np.asarray([str(t) for t in exp.output_names], dtype=str),
+                 error_std=np.asarray([] if err is None else err, dtype=np.float64),
+                 stats=np.asarray(json.dumps(stats, default=_json_default)))
+        atomic_write_bytes(self.dir / f"example-{int(example_id)}.npz", buf.getvalue())
+
+    def load(self) -> dict[int, tuple[Any, dict]]:
+        import shap
+
+        done = {}
+        for path in sorted(self.dir.glob("example-*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    err = z["error_std"]
+                    exp = shap.Explanation(values=z["values"], base_values=z["base_values"],
+                                           data=np.asarray(z["data"].tolist(), dtype=object),
+                                           output_names=z["output_names"].tolist(),
+                                           error_std=err if err.size else None)
+                    done[int(path.stem.split("-")[1])] = (exp, json.loads(str(z["stats"])))
+            except (OSError, ValueError, KeyError):  # a damaged checkpoint is redone, never trusted
+                path.unlink(missing_ok=True)
+        return done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -19,17 +20,45 @@ from .exact import MAX_EXACT_FEATURES
 
 log = logging.getLogger(__name__)
 
-#: ``auto`` uses exact Shapley values up to this many input tokens (2^10 = 1024 evaluations).
-AUTO_EXACT_MAX = 10
+#: ``auto`` uses exact Shapley values up to this many input tokens (2^n evaluations).
+AUTO_EXACT_MAX = 5
+#: ``auto`` explains inputs longer than this hierarchically (chunks first, then tokens).
+AUTO_HIERARCHICAL_MIN = 64
+#: ``auto``'s kernel budget: this many evaluations per input token (+ 2), capped by ``max_evals``.
+AUTO_EVALS_PER_FEATURE = 4
 
 Context = str | tuple[str, str] | PromptParts | None
 
 
 def choose_method(n_features: int, method: str = "auto") -> str:
-    """The estimator ``auto`` picks: exact up to :data:`AUTO_EXACT_MAX` features, sampling beyond."""
+    """The estimator ``auto`` picks for ``n_features`` input tokens (any other ``method`` is returned as is).
+
+    - ``exact`` up to :data:`AUTO_EXACT_MAX` tokens: ``2^n`` evaluations are no more than kernel's
+      budget, and the values are exact;
+    - ``kernel`` (paired KernelSHAP, exact efficiency) up to :data:`AUTO_HIERARCHICAL_MIN`;
+    - ``hierarchical`` beyond: chunks first, then tokens inside the chunks that matter.
+
+    Why (``benchmarks/RESULTS.md``, smollm2-135m on SST-2, exact Shapley values as the reference):
+    at equal budgets KernelSHAP's error is below antithetic permutation sampling's at every budget
+    measured; with ``4n + 2`` evaluations its Spearman correlation with the exact values is about
+    0.95 and its deletion faithfulness matches exact's, at a fraction of shap Partition's cost.
+    """
     if method != "auto":
         return method
-    return "exact" if n_features <= AUTO_EXACT_MAX else "sampling"
+    if n_features <= AUTO_EXACT_MAX:
+        return "exact"
+    return "kernel" if n_features <= AUTO_HIERARCHICAL_MIN else "hierarchical"
+
+
+def auto_budget(name: str, n_features: int, max_evals: int) -> int:
+    """Evaluations ``auto`` gives the estimator it chose: ``max_evals`` caps a budget that grows with ``n``.
+
+    kernel: ``AUTO_EVALS_PER_FEATURE * n + 2`` (the leave-one-in/leave-one-out coalitions and about
+    as many again, paired-sampled); hierarchical and exact: ``max_evals`` (exact ignores it).
+    """
+    if name == "kernel":
+        return min(max_evals, AUTO_EVALS_PER_FEATURE * n_features + 2)
+    return max_evals
 
 
 def to_parts(text: str | PromptParts, context: Context, tokenizer: PreTrainedTokenizerBase, chat: bool) -> PromptParts:
@@ -75,6 +104,9 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
     explanations, stats = [], []
     for task in tqdm(tasks, desc=desc, disable=not progress, leave=False):
         name = choose_method(task.n_features, method)
+        if method == "auto" and auto_budget(name, task.n_features, task.max_evals) != task.max_evals:
+            task = copy.copy(task)  # shares the scorer already built; the caller's task keeps its budget
+            task.max_evals = auto_budget(name, task.n_features, task.max_evals)
         if name not in REGISTRY:
             raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of auto, {', '.join(sorted(REGISTRY))}.")
         if name == "exact" and task.n_features > MAX_EXACT_FEATURES:
@@ -92,7 +124,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
 def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | PromptParts], *,
             targets: Sequence[str | Sequence[int]] | None = None, context: Context | Sequence[Context] = None,
             method: str = "auto", score: str = "log_odds", masking: str = "attention", max_evals: int = 512,
-            batch_size: int = 64, seed: int = 0, max_new_tokens: int = 8, stop_at_newline: bool = True,
+            batch_size: int | None = None, seed: int = 0, max_new_tokens: int = 8, stop_at_newline: bool = True,
             chat: bool = False, progress: bool = True) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
@@ -102,10 +134,14 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     targets: the continuations to explain, as text or token ids; ``None`` generates them greedily.
     context: fixed text around each input, never masked: a template with ``{input}``, a
         ``(prefix, suffix)`` pair, or one of those per text.
-    method: ``auto``, ``exact``, ``sampling`` or ``partition`` (the shap library's path).
+    method: ``auto`` (:func:`choose_method`), ``exact``, ``sampling`` (antithetic permutations),
+        ``kernel`` (paired KernelSHAP), ``hierarchical`` (chunks, then tokens) or ``partition``
+        (the shap library's path, kept as the reference).
     score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
     masking: ``attention`` (default), ``delete`` or ``replace`` (ignored by ``partition``).
-    max_evals: budget of masked inputs per text for the sampling estimators.
+    max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
+        (:func:`auto_budget`: kernel uses ``4n + 2`` when that is less).
+    batch_size: coalitions per forward pass; ``None`` picks one for the device (scoring.auto_batch_size).
 
     Returns
     -------

@@ -16,7 +16,8 @@ from ..scoring import TeacherForcedScorer
 class ExplainTask:
     """One example to explain: the prompt split around its features, and the target token ids.
 
-    ``max_evals`` is the budget in model evaluations (masked inputs) for sampling estimators.
+    ``max_evals`` is the budget in model evaluations (masked inputs) for sampling estimators;
+    ``options`` holds estimator-specific settings (e.g. ``fanout`` of ``hierarchical``).
     """
 
     model: PreTrainedModel
@@ -26,7 +27,7 @@ class ExplainTask:
     target_ids: list[int]
     score: str = "log_odds"
     masking: str = "attention"
-    batch_size: int = 64
+    batch_size: int | None = None  # None: chosen for the device (scoring.auto_batch_size)
     max_evals: int = 512
     seed: int = 0
     use_cache: bool = True

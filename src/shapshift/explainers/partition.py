@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import torch
 
+from ..scoring import CPU_BATCH_SIZE
 from .base import Attribution, Estimator, ExplainTask, register
 
 log = logging.getLogger(__name__)
@@ -54,27 +55,35 @@ class PartitionExplainer(Estimator):
         import shap
 
         model = scorable_model(task.model)
-        tf = _wrapped_teacher_forcing(model, task.tokenizer, task.parts.prefix, task.parts.suffix, task.batch_size)
+        tf = _wrapped_teacher_forcing(model, task.tokenizer, task.parts.prefix, task.parts.suffix,
+                                      task.batch_size or CPU_BATCH_SIZE)
         masker = shap.maskers.Text(task.tokenizer)
         explainer = shap.Explainer(tf, masker, seed=task.seed)
         target_text = task.tokenizer.decode(task.target_ids, clean_up_tokenization_spaces=False)
-        calls = {"n": 0}
+        calls = {"n": 0, "tokens": 0}
         inner = tf.get_teacher_forced_logits
 
         def counted(X, Y):
             calls["n"] += len(X)
             return inner(X, Y)
 
+        def count_tokens(_module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if isinstance(ids, torch.Tensor):
+                calls["tokens"] += ids.numel()
+
         tf.get_teacher_forced_logits = counted
+        hook = model.register_forward_pre_hook(count_tokens, with_kwargs=True)
         state = np.random.get_state()
         np.random.seed(task.seed)
         try:
             sv = explainer([task.parts.text], [target_text], max_evals=task.max_evals, silent=True)
         finally:
             np.random.set_state(state)
+            hook.remove()
         values = np.asarray(sv.values[0], dtype=np.float64)
         base = np.asarray(sv.base_values[0], dtype=np.float64).reshape(-1)
         if values.shape[1] != len(task.target_ids):
             log.warning("shap tokenised the target into %d tokens, not %d", values.shape[1], len(task.target_ids))
-        return Attribution(values=values, base_values=base, n_evals=calls["n"],
+        return Attribution(values=values, base_values=base, n_evals=calls["n"], n_forward_tokens=calls["tokens"],
                            data=[str(t) for t in sv.data[0]])

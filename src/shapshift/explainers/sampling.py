@@ -3,14 +3,20 @@
 Each permutation adds features one at a time; the marginal contributions along it sum exactly to
 ``f(full) - f(empty)``, so efficiency holds for every sample, not only in expectation. Each
 permutation is paired with its reverse (antithetic), which cancels much of the variance for the
-near-additive games of text models. A permutation costs ``n - 1`` new evaluations.
+near-additive games of text models. A permutation costs ``n - 1`` new evaluations, so the
+smallest budget is one pair, ``2n`` evaluations (more than ``max_evals`` when that is smaller).
+The standard error is the spread of the pair means over ``sqrt(n_pairs)`` (NaN with one pair).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .base import Attribution, Estimator, ExplainTask, register, scorer_attribution
+
+log = logging.getLogger(__name__)
 
 
 def permutation_masks(order: np.ndarray) -> np.ndarray:
@@ -31,10 +37,14 @@ class SamplingExplainer(Estimator):
     def attribute(self, task: ExplainTask) -> Attribution:
         n = task.n_features
         rng = np.random.default_rng(task.seed)
-        full, empty = task.scorer.full(), task.scorer.empty()
+        ends = task.scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
+        empty, full = ends[0], ends[1]
         if n == 1:
             return scorer_attribution(task, (full - empty)[None, :], empty, np.zeros((1, len(full))))
         n_pairs = max(1, (task.max_evals - 2) // (2 * (n - 1)))
+        if 2 + 2 * (n - 1) > task.max_evals:
+            log.warning("sampling needs at least %d evaluations for %d tokens (one antithetic pair); "
+                        "max_evals=%d is exceeded", 2 * n, n, task.max_evals)
         orders = []
         for _ in range(n_pairs):
             order = rng.permutation(n)
