@@ -259,8 +259,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     """Stage 3: zero-shot, few-shot and fine-tuned conditions, each explained like the baseline."""
     store = open_store(cfg)
     data = store.read_parquet(DATASET)
-    rows = explain_rows(store)
-    train = data[data["split"] == "train"].reset_index(drop=True)
+    rows = data[data["split"] == "explain"].reset_index(drop=True)
     base = store.read_parquet("02_generations.parquet")
     base_targets = {int(r.example_id): list(r.explained_ids) for r in base.itertuples()}
     if not resume:
@@ -269,7 +268,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     with store.timed("adapt", fingerprint=stage_fingerprint(cfg, "adapt")) as stage_info:
         for condition in cfg.adapt.conditions:
             with store.timed(f"adapt:{condition}") as info:
-                cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info, resume)
+                cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume)
                 own = generations_table(cond_model, tokenizer, rows, parts, condition, cfg)
                 targets = _condition_targets(cfg, tokenizer, rows, own, base_targets)
                 gens = own if cfg.explain.target == "own" else \
@@ -295,17 +294,17 @@ def _condition_targets(cfg, tokenizer, rows, own, base_targets) -> list[list[int
     return [base_targets[int(i)] for i in rows["example_id"]]
 
 
-def _condition_setup(cfg, store, condition, model, tokenizer, rows, train, info, resume):
+def _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume):
     if condition == "zero_shot":
         return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction)
     if condition == "few_shot":
-        from .fewshot import select_demonstrations
+        from .fewshot import shared_demonstrations
 
-        demos = select_demonstrations(train, cfg.adapt.k_shot, seed=cfg.data.seed,
-                                      exclude_ids=rows["example_id"].tolist())
+        demos = shared_demonstrations(data, cfg.adapt.k_shot, cfg.data.seed, balance=bool(cfg.data.label_column))
         info["demonstrations"] = [asdict(d) for d in demos]
         return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction, demonstrations=demos)
     if condition == "finetuned":
+        train = data[data["split"] == "train"].reset_index(drop=True)
         return _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume), base_parts(rows)
     raise ValueError(condition)
 
