@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import shapshift
 from shapshift.explainers import REGISTRY, choose_method, make_task
@@ -16,6 +17,15 @@ from shapshift.prompting import build_prompt, token_strings
 from shapshift.scoring import TableScorer, TeacherForcedScorer
 
 CONTEXT = "Review:{input}\nSentiment:"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin-wait in every op."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _task(model, tok, text, target=" positive and warm", **options):
@@ -66,7 +76,7 @@ def test_exact_equals_brute_force_over_permutations(tiny_neo, text):
 @pytest.mark.parametrize("method", ["exact", "sampling", "kernel", "hierarchical"])
 def test_efficiency_checked_by_independent_scoring(tiny_neo, method):
     model, tok = tiny_neo
-    text = "a quiet film about two brothers and their long drive home"
+    text = "a quiet film about two brothers" if method == "exact" else "a quiet film about two brothers and their long drive home"
     [exp] = shapshift.explain(model, tok, [text], targets=[" positive and warm"], context=CONTEXT, method=method,
                               max_evals=80, progress=False)
     task = _task(model, tok, text)
