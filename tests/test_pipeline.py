@@ -134,7 +134,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run):
     cfg_file = tmp_path / "cfg.yaml"
     values = finished_run.to_dict()
     values.update(output_dir=str(tmp_path), name="killed")
-    values["explain"]["max_evals"] = 160  # slow enough to be caught mid-stage
+    values["explain"]["max_evals"] = 1000  # seconds per example: slow enough to be caught mid-stage
     values["explain"]["noise_floor"] = False
     values["data"]["n_explain"] = 4
     import yaml
@@ -145,8 +145,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, finished_run):
     proc = subprocess.Popen(cmd + ["--set", "adapt.conditions=[]"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(partial.glob("example-*.npz"))) < 2:
-        time.sleep(0.2)
+    while time.time() < deadline and proc.poll() is None and len(list(partial.glob("example-*.npz"))) < 2:
+        time.sleep(0.05)
     proc.kill()
     proc.wait()
     done_before = len(list(partial.glob("example-*.npz")))

@@ -258,7 +258,9 @@ class TeacherForcedScorer:
     def _row_batch(self, rows: list[list[int]]) -> np.ndarray:
         """Rows of different lengths + tail, right-padded: no real token ever sees a pad (exact for any attention)."""
         tail = self._tail.tolist()
-        full = [r + tail for r in rows]
+        # nothing before the first target (no prefix, suffix or kept token): the mask token stands in
+        empty = [] if (tail or self.n_prefix) else [self.mask_token_id]
+        full = [(r + tail) or empty for r in rows]
         lengths = [len(r) for r in full]
         width = max(lengths)
         ids = torch.full((len(full), width), self.mask_token_id, dtype=torch.long)
