@@ -1,0 +1,233 @@
+"""The four Colab notebooks: their shape (no outputs, one parameters form, thin cells) and, executed
+headless in order by nbclient with small parameters (offline smollm2-135m, the demo CSV), that each
+runs without an error and leaves its stage's artifacts and displays in the run folder and outputs.
+
+The kernel is this interpreter (``sys.executable``, i.e. the venv's python) through a kernelspec
+written to a temporary folder put first on ``JUPYTER_PATH``, so no user- or system-wide kernel can
+be picked by mistake. Executed copies are kept in the test's temporary folder for debugging.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from shapshift.notebook import FORM_DEFAULTS, TEXT_PLOT_CLASS
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ["01_preprocess", "02_baseline_shap", "03_finetune_and_prompt", "04_explanation_overlap"]
+KERNEL = "shapshift-notebook-test"
+RUN_NAME = "nbtest"
+
+#: Artifacts (relative to the run folder) that must exist after each notebook.
+EXPECTED = {
+    "01_preprocess": ["01_dataset.parquet", "manifest.json"],
+    "02_baseline_shap": ["02_generations.parquet", "02_baseline.parquet", "02_baseline.pkl",
+                         "02_baseline_rerun.parquet", "02_baseline_rerun.pkl"],
+    "03_finetune_and_prompt": ["03_generations.parquet", "03_finetune.json", "03_zero_shot.parquet", "03_zero_shot.pkl",
+                               "03_few_shot.parquet", "03_few_shot.pkl", "03_finetuned.parquet", "03_finetuned.pkl"],
+    "04_explanation_overlap": ["04_overlap.parquet", "04_summary.csv", "report.html", "figures/overlap_at_k.png"],
+}
+
+
+def small_parameters(run_root: Path) -> dict:
+    """Form values for a fast CPU run: 2 examples, 32 evaluations each, 2 generated tokens, 2 training steps."""
+    return {
+        "model_name": "smollm2-135m", "dtype": "float32",
+        "dataset_name": str(REPO / "data" / "demo_reviews.csv"), "input_column": "text",
+        "target_column": "label", "label_column": "label", "label_names": "", "max_rows": 0,
+        "max_input_tokens": 12, "n_explain": 2, "max_new_tokens": 2, "shap_method": "sampling",
+        "max_evals": 32, "k_shot": 2, "max_steps": 2, "ks": "1, 3", "n_plot_examples": 2,
+        "run_root": str(run_root), "run_name": RUN_NAME, "use_drive": False, "resume": True,
+        "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4",
+    }
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def parameters_cell(nb: nbformat.NotebookNode) -> int:
+    found = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(found) == 1, f"expected one cell tagged 'parameters', found {len(found)}"
+    return found[0]
+
+
+def inject_parameters(nb: nbformat.NotebookNode, params: dict) -> None:
+    """Insert a cell assigning ``params`` after the parameters cell, as papermill does."""
+    unknown = sorted(set(params) - set(FORM_DEFAULTS))
+    assert not unknown, f"not form fields: {unknown}"
+    cell = nbformat.v4.new_code_cell("# Parameters injected by tests/test_notebooks.py\n"
+                                     + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(parameters_cell(nb) + 1, cell)
+
+
+def outputs(nb: nbformat.NotebookNode) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def html_outputs(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(o.get("data", {}).get("text/html", "") for o in outputs(nb) if "data" in o)
+
+
+# -- the committed notebooks ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_has_no_outputs(name):
+    nb = read(name)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_form_matches_the_helpers(name):
+    """One form, the same fields and defaults as shapshift.notebook.FORM_DEFAULTS, each a Colab #@param."""
+    nb = read(name)
+    cell = nb.cells[parameters_cell(nb)]
+    assert cell.source.startswith("#@title")
+    values = {}
+    for node in ast.parse(cell.source).body:
+        assert isinstance(node, ast.Assign), f"{name}: the parameters cell holds only assignments"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    assert values == FORM_DEFAULTS
+    lines = [ln for ln in cell.source.splitlines() if ln and not ln.startswith("#")]
+    assert all("#@param" in ln for ln in lines), f"{name}: every field is a Colab form field"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_cells_are_thin(name):
+    """Every code cell has a #@title; past the install cell, cells import only shapshift.notebook."""
+    nb = read(name)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.source.startswith("#@title") for c in code)
+    install = code[0].source
+    assert 'REPO_URL = "https://github.com/OWNER/shapshift"' in install and "PLACEHOLDER" in install
+    assert 'find_spec("shapshift") is None' in install
+    pip = [ln for ln in install.splitlines() if '"pip"' in ln]
+    assert pip and not any("torch" in ln for ln in pip), "install shapshift only, nothing Colab already has"
+    for c in code[1:]:
+        if "parameters" in c.metadata.get("tags", []):
+            continue
+        body = [ln for ln in c.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        imports = [ln for ln in body if ln.startswith(("import ", "from "))]
+        assert imports in ([], ["from shapshift import notebook as nb"]), c.source
+        assert len(body) <= 4, f"{name}: a cell of substance is one call into shapshift:\n{c.source}"
+    assert any(c.cell_type == "markdown" for c in nb.cells[:1])
+
+
+# -- executing them -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """A kernelspec that runs this interpreter, found first on JUPYTER_PATH."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "shapshift tests", "language": "python",
+        # One torch thread: on a shared 2-core machine, two OpenMP threads wait on each other whenever the
+        # other core is busy, and a forward pass of smollm2-135m runs 3-15x slower than on one thread.
+        "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": os.environ.get("SHAPSHIFT_NOTEBOOK_THREADS", "1")},
+    }))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.pathsep.join(p for p in (str(root), os.environ.get("JUPYTER_PATH")) if p))
+        mp.setenv("JUPYTER_RUNTIME_DIR", str(root / "runtime"))  # connection files: not in a possibly read-only home
+        mp.setenv("IPYTHONDIR", str(root / "ipython"))  # no user startup scripts or history in the kernel
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield KERNEL
+
+
+@pytest.fixture(scope="module")
+def executed(kernel, tmp_path_factory):
+    """Run the four notebooks in order; ``{name: (notebook, seconds, error, files in the run folder after it)}``."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    work = tmp_path_factory.mktemp("notebooks")
+    params = small_parameters(work / "runs")
+    run_dir = work / "runs" / RUN_NAME
+    results = {}
+    for name in NOTEBOOKS:
+        nb = read(name)
+        inject_parameters(nb, params)
+        client = NotebookClient(nb, timeout=600, kernel_name=kernel, resources={"metadata": {"path": str(work)}})
+        start = time.perf_counter()
+        error = None
+        try:
+            client.execute()
+        except CellExecutionError as exc:
+            error = exc
+        seconds = time.perf_counter() - start
+        nbformat.write(nb, work / f"{name}.executed.ipynb")
+        files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()} if run_dir.exists() else set()
+        results[name] = (nb, seconds, error, files)
+        print(f"\n{name}: {seconds:.0f} s{' (failed)' if error else ''}", file=sys.stderr)
+        if error:
+            break
+    results["_run_dir"] = run_dir
+    return results
+
+
+def result(executed, name):
+    if name not in executed:
+        pytest.skip(f"{name} did not run: an earlier notebook failed")
+    return executed[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_writes_its_artifacts(executed, name):
+    nb, seconds, error, files = result(executed, name)
+    assert error is None, f"{name} failed:\n{error}"
+    errors = [o for o in outputs(nb) if o.output_type == "error"]
+    assert not errors, f"{name}: error output {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    missing = [a for a in EXPECTED[name] if a not in files]
+    assert not missing, f"after {name} the run folder lacks {missing}; it has {sorted(files)}"
+
+
+@pytest.mark.slow
+def test_injected_parameters_were_used(executed):
+    result(executed, "01_preprocess")
+    man = json.loads((executed["_run_dir"] / "manifest.json").read_text())
+    assert man["config"]["model"]["spec"] == "smollm2-135m"
+    assert man["config"]["data"]["n_explain"] == 2 and man["config"]["explain"]["max_evals"] == 32
+
+
+@pytest.mark.slow
+def test_baseline_notebook_shows_shap_text_plots(executed):
+    nb, *_ = result(executed, "02_baseline_shap")
+    page = html_outputs(nb)
+    assert TEXT_PLOT_CLASS in page and "_tp_" in page, "no shap.plots.text output in notebook 02"
+    assert "rgba(" in page and "np.float64" not in page, "the text plot colours are not valid CSS"
+    assert "label match" in page  # the generations table
+
+
+@pytest.mark.slow
+def test_adapt_notebook_shows_every_condition(executed):
+    nb, *_ = result(executed, "03_finetune_and_prompt")
+    page = html_outputs(nb)
+    for label in ("zero-shot", "few-shot", "fine-tuned"):
+        assert label in page
+    assert "before" in page and "after" in page  # the fine-tuning table
+    assert any("image/png" in o.get("data", {}) for o in outputs(nb))  # the loss curve
+
+
+@pytest.mark.slow
+def test_overlap_notebook_shows_figures_and_report(executed):
+    nb, *_ = result(executed, "04_explanation_overlap")
+    images = [o for o in outputs(nb) if "image/png" in o.get("data", {})]
+    assert len(images) >= 3
+    page = html_outputs(nb)
+    assert "report.html" in page and "top-k overlap" in page
