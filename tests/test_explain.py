@@ -102,3 +102,42 @@ def test_bad_inputs_are_clear_errors(tiny_neo):
     with pytest.raises(shapshift.ShapshiftError, match="Unknown explanation method"):
         shapshift.explain(model, tok, ["fine"], targets=[" x"], method="magic", progress=False)
     assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "  ", "--out", "/tmp/x.pkl"]) == 2
+
+
+def test_input_longer_than_the_context_is_refused_with_the_fix(tiny_neo):
+    model, tok = tiny_neo
+    limit = shapshift.models.context_length(model)
+    long_text = " word" * (limit + 10)
+    for targets in (None, [" x"]):  # generation and explanation both check
+        with pytest.raises(shapshift.errors.ModelError, match=f"context of {limit} tokens") as err:
+            shapshift.explain(model, tok, [long_text], targets=targets, progress=False)
+        assert "max_input_tokens" in str(err.value)
+
+
+def test_context_length_reads_each_family_config():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, n_positions=64, vocab_size=50))
+    llama = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=8, intermediate_size=16, num_attention_heads=2,
+                                         num_key_value_heads=1, max_position_embeddings=96, vocab_size=50))
+    assert shapshift.models.context_length(gpt2) == 64
+    assert shapshift.models.context_length(llama) == 96
+    shapshift.models.check_fits_context(gpt2, 60, 4)
+    with pytest.raises(shapshift.errors.ModelError):
+        shapshift.models.check_fits_context(gpt2, 60, 5)
+
+
+def test_target_that_tokenises_differently_in_context_is_flagged(tiny_neo, caplog):
+    from shapshift.prompting import encode_targets, tokenises_apart
+
+    _, tok = tiny_neo
+    spaced = tok("The capital of France is ", add_special_tokens=False)["input_ids"]
+    plain = tok("The capital of France is", add_special_tokens=False)["input_ids"]
+    paris = tok(" Paris", add_special_tokens=False)["input_ids"]
+    bare = tok("Paris", add_special_tokens=False)["input_ids"]
+    assert not tokenises_apart(tok, plain, paris)
+    assert tokenises_apart(tok, spaced, bare)  # "is " + "Paris" merges into " Paris"
+    with caplog.at_level("WARNING", logger="shapshift.prompting"):
+        ids = encode_targets(tok, ["Paris", " Paris", None], [spaced, plain, plain])
+    assert ids == [bare, paris, None]
+    assert "1 of 3 targets tokenise differently" in caplog.text

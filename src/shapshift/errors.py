@@ -31,7 +31,7 @@ class DataError(ShapshiftError):
 
 
 class ModelError(ShapshiftError):
-    """The model cannot be found or loaded."""
+    """The model cannot be found or loaded, or cannot take the input (longer than its context)."""
 
 
 class ArtifactError(ShapshiftError):

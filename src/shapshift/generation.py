@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .models import check_fits_context
 from .scoring import is_oom
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
 
     Out-of-memory halves the batch and retries.
     """
+    if prompt_ids:
+        longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        check_fits_context(model, len(prompt_ids[longest]), max_new_tokens, f"Prompt {longest}")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[int]] = []

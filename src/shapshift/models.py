@@ -205,3 +205,28 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str = "auto"
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most tokens the model attends to (``max_position_embeddings`` or ``n_positions``); ``None`` if unknown."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(model: PreTrainedModel, n_prompt: int, n_new: int, what: str = "A prompt") -> None:
+    """Refuse a prompt of ``n_prompt`` tokens followed by ``n_new`` more that overruns the model's context.
+
+    Past its context a model with learned positions fails with an index error deep in its forward
+    pass and one with rotary positions silently degrades; both are refused here with the way out.
+    """
+    limit = context_length(model)
+    if limit is not None and n_prompt + n_new > limit:
+        raise ModelError(
+            f"{what} has {n_prompt} tokens and {n_new} more to generate or explain, {n_prompt + n_new} in all, "
+            f"more than the model's context of {limit} tokens.",
+            "Lower data.max_input_tokens (the input is cut from the left), adapt.k_shot (fewer demonstrations), "
+            "generation.max_new_tokens, or use a model with a longer context.")

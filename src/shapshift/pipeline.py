@@ -25,7 +25,14 @@ from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, explain_tasks, make_task
 from .generation import generate
 from .models import load_model, uses_chat_template
-from .prompting import Demonstration, PromptParts, build_prompt, encode_prompt, token_strings
+from .prompting import (
+    Demonstration,
+    PromptParts,
+    build_prompt,
+    encode_prompt,
+    encode_targets,
+    token_strings,
+)
 from .scoring import TeacherForcedScorer
 from .store import (
     ExampleCheckpoint,
@@ -86,8 +93,10 @@ def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: PreTrainedTok
     return parts
 
 
-def _target_ids(tokenizer, text: str | None) -> list[int] | None:
-    return None if text is None else tokenizer(text, add_special_tokens=False)["input_ids"]
+def reference_targets(tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, parts: list[PromptParts]) -> list[list[int] | None]:
+    """The reference target text of each row, tokenised alone (warns when that differs in context)."""
+    prompts = [encode_prompt(p, tokenizer, input_ids=list(r.input_ids)).ids for p, r in zip(parts, rows.itertuples())]
+    return encode_targets(tokenizer, list(rows["target_text"]), prompts)
 
 
 #: Config sections whose change alters each stage's results (and every later stage's).
@@ -220,7 +229,7 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     with store.timed("explain", fingerprint=stage_fingerprint(cfg, "explain")) as info:
         gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg)
         if cfg.explain.target == "reference":
-            targets = [_target_ids(tokenizer, t) for t in rows["target_text"]]
+            targets = reference_targets(tokenizer, rows, parts)
             if any(t is None or not t for t in targets):
                 raise DataError("explain.target is 'reference' but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
@@ -270,7 +279,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
             with store.timed(f"adapt:{condition}") as info:
                 cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume)
                 own = generations_table(cond_model, tokenizer, rows, parts, condition, cfg)
-                targets = _condition_targets(cfg, tokenizer, rows, own, base_targets)
+                targets = _condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
                 gens = own if cfg.explain.target == "own" else \
                     generations_table(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
                 gens[["generated_text", "generated_ids", "generated_tokens", "label_match"]] = \
@@ -286,11 +295,11 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     return results
 
 
-def _condition_targets(cfg, tokenizer, rows, own, base_targets) -> list[list[int]]:
+def _condition_targets(cfg, tokenizer, rows, parts, own, base_targets) -> list[list[int]]:
     if cfg.explain.target == "own":
         return [list(g) for g in own["generated_ids"]]
     if cfg.explain.target == "reference":
-        return [_target_ids(tokenizer, t) for t in rows["target_text"]]
+        return reference_targets(tokenizer, rows, parts)
     return [base_targets[int(i)] for i in rows["example_id"]]
 
 

@@ -7,12 +7,15 @@ Only ``text`` is ever masked or attributed, so every condition explains the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _SLOT = "\x00SHAPSHIFT_INPUT\x00"
 
@@ -109,3 +112,36 @@ def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, cha
 def token_strings(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:
     """Each token decoded on its own (leading spaces kept), as ``shap.plots.text`` shows them."""
     return [tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in ids]
+
+
+def tokenises_apart(tokenizer: PreTrainedTokenizerBase, prompt_ids: Sequence[int], target_ids: Sequence[int]) -> bool:
+    """Whether the target's tokens (tokenised alone) differ from how the prompt's text followed by the
+    target's text tokenises: e.g. ``"Paris"`` after a prompt ending in a space, or a word that merges
+    with the prompt's last characters."""
+    prompt_text = tokenizer.decode(list(prompt_ids), clean_up_tokenization_spaces=False)
+    target_text = tokenizer.decode(list(target_ids), clean_up_tokenization_spaces=False)
+    alone = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    joint = tokenizer(prompt_text + target_text, add_special_tokens=False)["input_ids"]
+    return joint[:len(alone)] != alone or joint[len(alone):] != list(target_ids)
+
+
+def encode_targets(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str | None],
+                   prompts: Sequence[Sequence[int]]) -> list[list[int] | None]:
+    """Token ids of each target text, tokenised on its own: these tokens are the ones explained.
+
+    When a target would tokenise differently as a continuation of its prompt (``prompts``: the
+    prompt's token ids), the model is scored on tokens it would not produce itself; one warning
+    counts those targets and shows the first, with the fix.
+    """
+    encoded = [None if t is None else list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets]
+    apart = [i for i, (ids, p) in enumerate(zip(encoded, prompts)) if ids and tokenises_apart(tokenizer, p, ids)]
+    if apart:
+        first = apart[0]
+        joint = tokenizer(tokenizer.decode(list(prompts[first])) + str(targets[first]), add_special_tokens=False)["input_ids"]
+        log.warning(
+            "%d of %d targets tokenise differently after their prompt than alone, e.g. %r: alone %s, while "
+            "prompt + target ends in %s. The tokens alone are explained. If that is not what the "
+            "model would write, start the target with the space the model writes (data.target_prefix) or end "
+            "the template without a trailing space.", len(apart), len(targets), targets[first],
+            token_strings(tokenizer, encoded[first]), token_strings(tokenizer, joint[-len(encoded[first]) - 1:]))
+    return encoded

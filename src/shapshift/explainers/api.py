@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
-from ..prompting import PromptParts, build_prompt, encode_prompt, token_strings
+from ..models import check_fits_context
+from ..prompting import PromptParts, build_prompt, encode_prompt, encode_targets, token_strings
 from .base import REGISTRY, Attribution, ExplainTask
 from .exact import MAX_EXACT_FEATURES
 
@@ -83,6 +84,7 @@ def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts:
     prompt = encode_prompt(parts, tokenizer, input_ids=input_ids)
     if not prompt.input_ids:
         raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
+    check_fits_context(model, len(prompt.ids), len(target_ids), f"The prompt of the input {parts.text[:60]!r}")
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
                        target_ids=[int(t) for t in target_ids], **options)
 
@@ -160,8 +162,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     else:
         if len(targets) != len(texts):
             raise ConfigError(f"{len(targets)} targets for {len(texts)} texts.", "Pass one target per text, or None.")
-        target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] if isinstance(t, str) else list(t)
-                      for t in targets]
+        texts_given = [t if isinstance(t, str) else None for t in targets]
+        encoded = encode_targets(tokenizer, texts_given, [p.ids for p in prompts])
+        target_ids = [e if e is not None else list(t) for e, t in zip(encoded, targets)]
         for t, ids in zip(targets, target_ids):
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
