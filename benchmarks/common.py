@@ -28,8 +28,11 @@ ANSWERS = {0: " negative", 1: " positive"}
 
 
 def sst2_path(split: str) -> Path:
-    """``../shared/datasets/sst2/<split>.tsv`` beside the repository (``SHAPSHIFT_SHARED`` overrides ``../shared``)."""
-    shared = Path(os.environ.get("SHAPSHIFT_SHARED", REPO.parent / "shared"))
+    """``<shared>/datasets/sst2/<split>.tsv``: ``$SHAPSHIFT_SHARED``, else ``../shared`` beside the repository,
+    else ``/work/shared``."""
+    candidates = [Path(os.environ["SHAPSHIFT_SHARED"])] if os.environ.get("SHAPSHIFT_SHARED") else []
+    candidates += [REPO.parent / "shared", Path("/work/shared")]
+    shared = next((c for c in candidates if (c / "datasets").is_dir()), candidates[0])
     path = shared / "datasets" / "sst2" / f"{split}.tsv"
     if not path.exists():
         raise SystemExit(f"{path} is missing: the SST-2 files live in ../shared/datasets/sst2 beside the checkout")

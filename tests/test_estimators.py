@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import shapshift
 from shapshift.explainers import REGISTRY, choose_method, make_task
@@ -19,13 +18,7 @@ from shapshift.scoring import TableScorer, TeacherForcedScorer
 CONTEXT = "Review:{input}\nSentiment:"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin-wait in every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _task(model, tok, text, target=" positive and warm", **options):

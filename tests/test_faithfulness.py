@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from shapshift.faithfulness import (
     ERASER_BINS,
@@ -22,13 +21,7 @@ from shapshift.scoring import TeacherForcedScorer
 WEIGHTS = np.array([3.0, -1.0, 0.5, 2.0, 0.0, -0.5])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin-wait in every op."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def additive(masks):

@@ -82,3 +82,15 @@ def register(cls: type[Estimator]) -> type[Estimator]:
 def scorer_attribution(task: ExplainTask, values: np.ndarray, base: np.ndarray, error_std: np.ndarray | None = None) -> Attribution:
     return Attribution(values=values, base_values=base, error_std=error_std, n_evals=task.scorer.n_evals,
                        n_forward_tokens=task.scorer.n_forward_tokens)
+
+
+def endpoints(task: ExplainTask) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(n_out,)`` of the fully masked and the full input: the base value and efficiency's total."""
+    n = task.n_features
+    ends = task.scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
+    return ends[0], ends[1]
+
+
+def single_feature(task: ExplainTask, empty: np.ndarray, full: np.ndarray) -> Attribution:
+    """One feature: its value is the whole difference, exactly."""
+    return scorer_attribution(task, (full - empty)[None, :], empty, np.zeros((1, len(full))))

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..prompting import token_strings
-from .base import Attribution, Estimator, ExplainTask, register, scorer_attribution
+from .base import (
+    Attribution,
+    Estimator,
+    ExplainTask,
+    endpoints,
+    register,
+    scorer_attribution,
+)
 from .exact import all_coalitions, shapley_from_table
 
 #: Children per span (a span costs ``2^fanout`` evaluations per context).
@@ -115,8 +122,7 @@ class HierarchicalExplainer(Estimator):
         fanout = int(self.fanout or task.options.get("fanout", DEFAULT_FANOUT))
         tokens = token_strings(task.tokenizer, task.prompt.input_ids)
         scorer = task.scorer
-        ends = scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
-        empty, full = ends[0], ends[1]
+        empty, full = endpoints(task)
         known = {np.zeros(n, bool).tobytes(): empty, np.ones(n, bool).tobytes(): full}
         budget = max(0, task.max_evals - 2)
         root = Span(0, n, full - empty)

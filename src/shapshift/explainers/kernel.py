@@ -26,7 +26,15 @@ from itertools import combinations
 
 import numpy as np
 
-from .base import Attribution, Estimator, ExplainTask, register, scorer_attribution
+from .base import (
+    Attribution,
+    Estimator,
+    ExplainTask,
+    endpoints,
+    register,
+    scorer_attribution,
+    single_feature,
+)
 
 #: Bootstrap replicates of the standard error (fewer for very wide inputs, whose solves are slower).
 N_BOOTSTRAP = 100
@@ -148,10 +156,9 @@ class KernelExplainer(Estimator):
     def attribute(self, task: ExplainTask) -> Attribution:
         n = task.n_features
         rng = np.random.default_rng(task.seed)
-        ends = task.scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
-        empty, full = ends[0], ends[1]
+        empty, full = endpoints(task)
         if n == 1:
-            return scorer_attribution(task, (full - empty)[None, :], empty, np.zeros((1, len(full))))
+            return single_feature(task, empty, full)
         masks, w, pairs = kernel_design(n, max(2, task.max_evals - 2), rng)
         v = task.scorer(masks)
         z, y, delta = masks.astype(np.float64), v - empty, full - empty

@@ -14,7 +14,15 @@ import logging
 
 import numpy as np
 
-from .base import Attribution, Estimator, ExplainTask, register, scorer_attribution
+from .base import (
+    Attribution,
+    Estimator,
+    ExplainTask,
+    endpoints,
+    register,
+    scorer_attribution,
+    single_feature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +45,9 @@ class SamplingExplainer(Estimator):
     def attribute(self, task: ExplainTask) -> Attribution:
         n = task.n_features
         rng = np.random.default_rng(task.seed)
-        ends = task.scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
-        empty, full = ends[0], ends[1]
+        empty, full = endpoints(task)
         if n == 1:
-            return scorer_attribution(task, (full - empty)[None, :], empty, np.zeros((1, len(full))))
+            return single_feature(task, empty, full)
         n_pairs = max(1, (task.max_evals - 2) // (2 * (n - 1)))
         if 2 + 2 * (n - 1) > task.max_evals:
             log.warning("sampling needs at least %d evaluations for %d tokens (one antithetic pair); "
