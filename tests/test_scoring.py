@@ -155,3 +155,39 @@ def test_table_scorer_looks_up_bit_indexed_rows():
     assert s.n_evals == 3 and s.empty()[0] == 0 and s.full()[0] == 15
     with pytest.raises(ValueError):
         TableScorer(np.zeros((5, 1)))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tiny_neo):
+    """A randomly initialised 2-layer GPT-2 (learned absolute positions) with the SmolLM2 tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = tiny_neo
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=256)).eval(), tok
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_leaving_masked_tokens_out_equals_hiding_them(arch, use_cache, request):
+    """Compacted attention masking (masked tokens not in the forward pass, kept ones at their positions)
+    gives the scores of hiding them with the attention mask, with fewer forward tokens."""
+    model, tok = request.getfixturevalue(arch)
+    prompt, target = _prompt_and_target(tok)
+    masks = _masks(len(prompt.input_ids), m=16, seed=3)
+    compact = TeacherForcedScorer(model, prompt, target, batch_size=6, use_cache=use_cache)
+    hidden = TeacherForcedScorer(model, prompt, target, batch_size=6, use_cache=use_cache)
+    hidden.compact = False
+    assert compact.compact
+    np.testing.assert_allclose(compact(masks), hidden(masks), atol=1e-4, rtol=0)
+    assert compact.n_forward_tokens < hidden.n_forward_tokens
+
+
+def test_windowed_attention_keeps_masked_tokens_in_place(tiny_neo):
+    """GPT-Neo's local layers count sequence slots: there masked tokens stay in place, hidden."""
+    from shapshift.scoring import has_windowed_attention
+
+    model, tok = tiny_neo
+    prompt, target = _prompt_and_target(tok)
+    assert has_windowed_attention(model)
+    assert not TeacherForcedScorer(model, prompt, target).compact

@@ -18,8 +18,11 @@ It is fast because it
 - with ``delete`` masking, groups coalitions of similar length into a batch, so little is padded.
 
 Masking (``masking=``), i.e. what "feature absent" means:
-- ``attention`` (default): masked tokens stay in place but nothing attends to them; the other
-  tokens keep their positions, so the model sees a gap.
+- ``attention`` (default): nothing attends to masked tokens; the other tokens keep their positions,
+  so the model sees a gap. The masked tokens are left out of the forward pass altogether (each row
+  holds only its kept tokens, with their original ``position_ids``), which gives the same scores
+  for fewer tokens; models with local/sliding-window attention, whose windows count sequence
+  slots rather than positions, keep the masked tokens in place, hidden by the attention mask.
 - ``delete``: masked tokens are removed and later tokens move up, as in a shortened text (rows are
   right-padded, so no real token sees a pad, and each row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
@@ -106,6 +109,13 @@ def auto_batch_size(model: PreTrainedModel, n_prefix: int, n_body: int, n_out: i
     return int(max(1, min(MAX_AUTO_BATCH_SIZE, 0.6 * free // row_bytes(model, n_prefix, n_body, n_out))))
 
 
+def has_windowed_attention(model: PreTrainedModel) -> bool:
+    """Whether some layer attends within a window of sequence slots (GPT-Neo's local layers, sliding windows)."""
+    config = model.config
+    types = getattr(config, "attention_layers", None) or getattr(config, "layer_types", None) or []
+    return "local" in types or "sliding_attention" in types or bool(getattr(config, "sliding_window", None))
+
+
 def _forward_params(model: torch.nn.Module) -> set[str]:
     """Argument names of ``model.forward`` (of the base model for wrappers such as ``PeftModel``)."""
     names: set[str] = set()
@@ -168,6 +178,9 @@ class TeacherForcedScorer:
         self._inputs = torch.tensor(prompt.input_ids, dtype=torch.long, device=self.device)
         self._targets = torch.tensor(self.target_ids, dtype=torch.long, device=self.device)
         self._prefix_cache = self._run_prefix() if self.use_cache else None
+        # attention masking by leaving masked tokens out (same scores, fewer tokens): needs a body that is never
+        # empty (a suffix or a second target token) and attention that does not count sequence slots
+        self.compact = masking == "attention" and len(self._tail) > 0 and not has_windowed_attention(model)
 
     # -- public ---------------------------------------------------------------------------------
     def __call__(self, masks: np.ndarray) -> np.ndarray:
@@ -176,6 +189,10 @@ class TeacherForcedScorer:
         if self.masking == "delete":
             rows = [[t for t, k in zip(self.prompt.input_ids, m) if k] for m in masks]
             return self.score_inputs(rows)
+        if self.compact:
+            kept = [np.flatnonzero(m) for m in masks]
+            ids = [[self.prompt.input_ids[i] for i in k] for k in kept]
+            return self._by_length(ids, [k.tolist() for k in kept])
         return self._batched(masks, self._masked_batch)
 
     def score_inputs(self, inputs: Sequence[Sequence[int]]) -> np.ndarray:
@@ -185,10 +202,14 @@ class TeacherForcedScorer:
         This is how real deletion from the text is scored (re-tokenised shortened inputs). Rows are
         batched by length, so a batch is padded little.
         """
-        inputs = [list(map(int, r)) for r in inputs]
-        order = np.argsort([len(r) for r in inputs], kind="stable")
-        out = np.empty((len(inputs), self.n_out), dtype=np.float64)
-        out[order] = self._batched([inputs[i] for i in order], self._row_batch)
+        return self._by_length([list(map(int, r)) for r in inputs])
+
+    def _by_length(self, rows: list[list[int]], positions: list[list[int]] | None = None) -> np.ndarray:
+        """Score variable-length rows (optionally at given input positions), batched shortest first."""
+        order = np.argsort([len(r) for r in rows], kind="stable")
+        items = [(rows[i], positions[i] if positions is not None else None) for i in order]
+        out = np.empty((len(rows), self.n_out), dtype=np.float64)
+        out[order] = self._batched(items, self._row_batch)
         return out
 
     def full(self) -> np.ndarray:
@@ -255,20 +276,28 @@ class TeacherForcedScorer:
         positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0).expand(b, -1)
         return self._score_body(ids, body_mask, positions)
 
-    def _row_batch(self, rows: list[list[int]]) -> np.ndarray:
-        """Rows of different lengths + tail, right-padded: no real token ever sees a pad (exact for any attention)."""
+    def _row_batch(self, items: list[tuple[list[int], list[int] | None]]) -> np.ndarray:
+        """Rows ``(input ids, their positions or None)`` + tail, right-padded: no real token ever sees a pad.
+
+        ``None`` positions: the row's tokens stand where they are (deletion: later tokens move up);
+        given positions (compacted attention masking): the kept tokens keep their original positions
+        and the tail follows at ``n_in``.
+        """
         tail = self._tail.tolist()
         # nothing before the first target (no prefix, suffix or kept token): the mask token stands in
         empty = [] if (tail or self.n_prefix) else [self.mask_token_id]
-        full = [(r + tail) or empty for r in rows]
+        full = [(r + tail) or empty for r, _ in items]
         lengths = [len(r) for r in full]
         width = max(lengths)
         ids = torch.full((len(full), width), self.mask_token_id, dtype=torch.long)
         attn = torch.zeros((len(full), width), dtype=torch.long)
-        for i, r in enumerate(full):
+        pos = torch.arange(width).unsqueeze(0).repeat(len(full), 1)
+        for i, (r, (_, at)) in enumerate(zip(full, items)):
             ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
             attn[i, :len(r)] = 1
-        pos = torch.arange(width).unsqueeze(0).expand(len(full), -1)
+            if at is not None:
+                pos[i, :len(r)] = torch.tensor(at + list(range(self.n_in, self.n_in + len(tail))), dtype=torch.long)
+                pos[i, len(r):] = pos[i, len(r) - 1]  # pads: hidden, and never past the model's positions
         return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device), lengths)
 
     @torch.no_grad()
