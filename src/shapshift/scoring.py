@@ -15,7 +15,8 @@ It is fast because it
 - picks the batch size from the device: on CUDA from the free memory and the sequence length
   (:func:`auto_batch_size`), on CPU a fixed :data:`CPU_BATCH_SIZE`; it halves the batch and retries
   when the device runs out of memory anyway;
-- with ``delete`` masking, groups coalitions of similar length into a batch, so little is padded.
+- leaves masked tokens out of the forward pass (``attention`` and ``delete`` masking) and groups
+  coalitions of similar length into a batch, so little is padded.
 
 Masking (``masking=``), i.e. what "feature absent" means:
 - ``attention`` (default): nothing attends to masked tokens; the other tokens keep their positions,
