@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .models import check_fits_context
+from .models import check_fits_context, model_device
 from .scoring import is_oom
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
     if prompt_ids:
         longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         check_fits_context(model, len(prompt_ids[longest]), max_new_tokens, f"Prompt {longest}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[int]] = []
     bar = tqdm(total=len(prompt_ids), desc="generate", disable=not progress, leave=False)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from .models import model_device
 from .prompting import EncodedPrompt
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def auto_batch_size(model: PreTrainedModel, n_prefix: int, n_body: int, n_out: i
     CUDA: 60 % of the free memory divided by :func:`row_bytes`, between 1 and
     :data:`MAX_AUTO_BATCH_SIZE`. CPU (and others): :data:`CPU_BATCH_SIZE`.
     """
-    device = device or next(model.parameters()).device
+    device = device or model_device(model)
     if device.type != "cuda":
         return CPU_BATCH_SIZE
     free, _ = torch.cuda.mem_get_info(device)
@@ -154,7 +155,7 @@ class TeacherForcedScorer:
         if len(target_ids) == 0:
             raise ValueError("target_ids is empty: there is nothing to explain")
         self.model = model
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.prompt = prompt
         self.target_ids = [int(t) for t in target_ids]
         self.score = score
