@@ -191,3 +191,21 @@ def test_windowed_attention_keeps_masked_tokens_in_place(tiny_neo):
     prompt, target = _prompt_and_target(tok)
     assert has_windowed_attention(model)
     assert not TeacherForcedScorer(model, prompt, target).compact
+
+
+@pytest.mark.parametrize("masking", ["attention", "delete"])
+def test_the_vocabulary_head_runs_on_the_target_positions_only(tiny_llama, masking):
+    """Rows of different lengths are padded between input and tail, so every row's targets end it and the
+    output head sees exactly ``n_out`` positions per coalition, with the scores of one row at a time."""
+    model, tok = tiny_llama
+    prompt, target = _prompt_and_target(tok)
+    masks = _masks(len(prompt.input_ids), m=10, seed=5)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    try:
+        batched = TeacherForcedScorer(model, prompt, target, masking=masking, batch_size=10)(masks)
+    finally:
+        hook.remove()
+    assert seen == [1, len(target)]  # the prefix pass (its last position only), then one batch
+    alone = TeacherForcedScorer(model, prompt, target, masking=masking, batch_size=1)(masks)
+    np.testing.assert_allclose(batched, alone, atol=1e-4, rtol=0)

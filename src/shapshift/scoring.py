@@ -182,7 +182,8 @@ class TeacherForcedScorer:
         self._prefix_cache = self._run_prefix() if self.use_cache else None
         # attention masking by leaving masked tokens out (same scores, fewer tokens): needs a body that is never
         # empty (a suffix or a second target token) and attention that does not count sequence slots
-        self.compact = masking == "attention" and len(self._tail) > 0 and not has_windowed_attention(model)
+        self.windowed = has_windowed_attention(model)
+        self.compact = masking == "attention" and len(self._tail) > 0 and not self.windowed
 
     # -- public ---------------------------------------------------------------------------------
     def __call__(self, masks: np.ndarray) -> np.ndarray:
@@ -245,7 +246,9 @@ class TeacherForcedScorer:
     @torch.no_grad()
     def _run_prefix(self):
         ids = torch.tensor([self.prompt.prefix_ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, use_cache=True)
+        # only the cache is wanted: no logits over the prefix (the head would run on every prefix position)
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        out = self.model(input_ids=ids, use_cache=True, **extra)
         self.n_forward_tokens += ids.shape[1]
         cache = getattr(out, "cache", None)
         return cache if cache is not None else out.past_key_values
@@ -279,28 +282,44 @@ class TeacherForcedScorer:
         return self._score_body(ids, body_mask, positions)
 
     def _row_batch(self, items: list[tuple[list[int], list[int] | None]]) -> np.ndarray:
-        """Rows ``(input ids, their positions or None)`` + tail, right-padded: no real token ever sees a pad.
+        """Rows ``(input ids, their positions or None)`` + tail, padded where no real token ever sees a pad.
 
         ``None`` positions: the row's tokens stand where they are (deletion: later tokens move up);
         given positions (compacted attention masking): the kept tokens keep their original positions
         and the tail follows at ``n_in``.
+
+        Pads go between the input tokens and the tail when a prefix precedes them (every pad then
+        sees the prefix, and every row's targets end the row, so logits are computed for the
+        ``n_out`` target positions only); otherwise, and for windowed attention that counts slots,
+        after the tail.
         """
         tail = self._tail.tolist()
         # nothing before the first target (no prefix, suffix or kept token): the mask token stands in
         empty = [] if (tail or self.n_prefix) else [self.mask_token_id]
-        full = [(r + tail) or empty for r, _ in items]
-        lengths = [len(r) for r in full]
-        width = max(lengths)
-        ids = torch.full((len(full), width), self.mask_token_id, dtype=torch.long)
-        attn = torch.zeros((len(full), width), dtype=torch.long)
-        pos = torch.arange(width).unsqueeze(0).repeat(len(full), 1)
-        for i, (r, (_, at)) in enumerate(zip(full, items)):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            attn[i, :len(r)] = 1
-            if at is not None:
-                pos[i, :len(r)] = torch.tensor(at + list(range(self.n_in, self.n_in + len(tail))), dtype=torch.long)
-                pos[i, len(r):] = pos[i, len(r) - 1]  # pads: hidden, and never past the model's positions
-        return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device), lengths)
+        heads = [r if (r or tail) else empty for r, _ in items]
+        width = max(len(h) for h in heads) + len(tail)
+        middle = self.n_prefix > 0 and not self.windowed
+        ids = torch.full((len(items), width), self.mask_token_id, dtype=torch.long)
+        attn = torch.zeros((len(items), width), dtype=torch.long)
+        pos = torch.zeros((len(items), width), dtype=torch.long)
+        lengths = []
+        for i, (head, (_, at)) in enumerate(zip(heads, items)):
+            n_head, n_pad = len(head), width - len(head) - len(tail)
+            # deletion: the tail follows the row's tokens; compacted attention masking: it stands at n_in
+            tail_from = n_head if at is None else self.n_in
+            row = head + tail
+            row_pos = (list(range(n_head)) if at is None else at) + list(range(tail_from, tail_from + len(tail)))
+            slots = list(range(n_head)) + [s + (n_pad if middle else 0) for s in range(n_head, n_head + len(tail))]
+            if row:
+                ids[i, slots] = torch.tensor(row, dtype=torch.long)
+                attn[i, slots] = 1
+                pos[i, slots] = torch.tensor(row_pos, dtype=torch.long)
+            # pads: hidden, at a position the model has (the one before them)
+            pad_from = n_head if middle else n_head + len(tail)
+            pos[i, pad_from:pad_from + n_pad] = row_pos[pad_from - 1] if pad_from else 0
+            lengths.append(n_head + len(tail))
+        return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device),
+                                None if middle else lengths)
 
     @torch.no_grad()
     def _score_body(self, ids: torch.Tensor, body_mask: torch.Tensor, positions: torch.Tensor,
