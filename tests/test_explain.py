@@ -141,3 +141,24 @@ def test_target_that_tokenises_differently_in_context_is_flagged(tiny_neo, caplo
         ids = encode_targets(tok, ["Paris", " Paris", None], [spaced, plain, plain])
     assert ids == [bare, paris, None]
     assert "1 of 3 targets tokenise differently" in caplog.text
+
+
+def test_tasks_under_one_context_share_the_prefix_pass(tiny_neo):
+    """Consecutive tasks with the same fixed context (a few-shot prompt) run its prefix once: the later
+    ones score no prefix tokens and get the values they get alone; the caller's tasks keep no scorer."""
+    from shapshift.explainers import explain_tasks
+
+    model, tok = tiny_neo
+    context = "Review: dull and long\nSentiment: negative\n\nReview: a joy\nSentiment: positive\n\nReview:{input}\nSentiment:"
+    texts = ["a quiet film about two brothers", "loud, long and empty"]
+    targets = [tok(t, add_special_tokens=False)["input_ids"] for t in (" positive", " negative and dull")]
+    tasks = [make_task(model, tok, build_prompt(t, context, tok), y, max_evals=24) for t, y in zip(texts, targets)]
+    together, stats = explain_tasks(tasks, "kernel", progress=False)
+    alone = [explain_tasks([t], "kernel", progress=False) for t in tasks]
+    n_prefix = len(tasks[0].prompt.prefix_ids)
+    assert n_prefix > 10 and tasks[1].prompt.prefix_ids == tasks[0].prompt.prefix_ids
+    assert stats[0]["n_forward_tokens"] == alone[0][1][0]["n_forward_tokens"]
+    assert stats[1]["n_forward_tokens"] == alone[1][1][0]["n_forward_tokens"] - n_prefix
+    for exp, (solo, _) in zip(together, alone):
+        np.testing.assert_allclose(exp.values, solo[0].values, atol=1e-6)
+    assert all("scorer" not in t.__dict__ and t.prefix_cache is None for t in tasks)

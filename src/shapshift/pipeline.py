@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import RunConfig
 from .errors import ArtifactError, DataError
-from .explainers import REGISTRY, explain_tasks, make_task
+from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
 from .generation import generate
 from .models import load_model, uses_chat_template
 from .prompting import (
@@ -165,12 +165,13 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     done = checkpoint.start(resume)
     if done:
         log.info("%s: resuming, %d of %d examples already explained", condition, len(done), len(rows))
+    reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
     for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
         if int(r.example_id) in done:
             continue
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, batch_size=ex.batch_size,
                          max_evals=ex.max_evals, seed=seed)
-        [exp], [stats] = explain_tasks([task], ex.method, progress=False)
+        [exp], [stats] = explain_tasks([task], ex.method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
     explanations = [done[int(i)][0] for i in rows["example_id"]]

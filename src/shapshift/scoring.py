@@ -139,6 +139,9 @@ class TeacherForcedScorer:
     masking: ``attention``, ``delete`` or ``replace`` (module docstring).
     batch_size: coalitions per forward pass; ``None``: :func:`auto_batch_size` (halved on out-of-memory).
     use_cache: run the prefix once and reuse its key/value cache (``False``: the whole prompt each time).
+    prefix_cache: the one-row key/value cache of ``prompt.prefix_ids`` from another scorer of the same
+        model (:attr:`prefix_cache`), e.g. of the previous example under the same few-shot context; it is
+        read, never changed, and its prefix is then not run again.
     mask_token_id: the replacement token of ``replace`` masking (default: the pad token, else 0).
 
     Counters: ``n_evals`` (coalitions scored), ``n_forward_tokens`` (token positions run through the
@@ -147,7 +150,7 @@ class TeacherForcedScorer:
 
     def __init__(self, model: PreTrainedModel, prompt: EncodedPrompt, target_ids: Sequence[int], *,
                  score: str = "log_odds", masking: str = "attention", batch_size: int | None = None,
-                 use_cache: bool = True, mask_token_id: int | None = None) -> None:
+                 use_cache: bool = True, mask_token_id: int | None = None, prefix_cache=None) -> None:
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
         if score not in ("log_odds", "log_prob"):
@@ -179,7 +182,11 @@ class TeacherForcedScorer:
         self._tail = torch.tensor(prompt.suffix_ids + self.target_ids[:-1], dtype=torch.long, device=self.device)
         self._inputs = torch.tensor(prompt.input_ids, dtype=torch.long, device=self.device)
         self._targets = torch.tensor(self.target_ids, dtype=torch.long, device=self.device)
-        self._prefix_cache = self._run_prefix() if self.use_cache else None
+        if not self.use_cache:
+            prefix_cache = None
+        elif prefix_cache is None:
+            prefix_cache = self._run_prefix()
+        self.prefix_cache = prefix_cache
         # attention masking by leaving masked tokens out (same scores, fewer tokens): needs a body that is never
         # empty (a suffix or a second target token) and attention that does not count sequence slots
         self.windowed = has_windowed_attention(model)
@@ -255,7 +262,7 @@ class TeacherForcedScorer:
 
     def _batched_cache(self, batch: int):
         """A fresh cache whose prefix keys/values are broadcast views of the one-row cache (no copy)."""
-        cache = copy.deepcopy(self._prefix_cache)
+        cache = copy.deepcopy(self.prefix_cache)
         layers = getattr(cache, "layers", None)
         if layers and all(isinstance(getattr(la, "keys", None), torch.Tensor) for la in layers):
             for la in layers:

@@ -100,14 +100,47 @@ def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
     )
 
 
+class PrefixReuse:
+    """The last prefix key/value cache seen, so consecutive tasks under one fixed context run it once.
+
+    Few-shot runs show every example the same demonstrations: hundreds of tokens that every task
+    would otherwise run through the model before its first coalition. One object serves one model
+    whose weights do not change while it is in use (a condition of a run).
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._cache: Any = None
+
+    def attach(self, task: ExplainTask) -> tuple:
+        """Give ``task`` the kept cache when its model and prefix match; returns the task's key."""
+        key = (id(task.model), tuple(task.prompt.prefix_ids), task.use_cache)
+        if key == self._key and task.prefix_cache is None and "scorer" not in task.__dict__:
+            task.prefix_cache = self._cache
+        return key
+
+    def keep(self, key: tuple, task: ExplainTask) -> None:
+        """Keep the prefix cache ``task``'s scorer used (if it has one)."""
+        cache = getattr(task.__dict__.get("scorer"), "prefix_cache", None)
+        if cache is not None:
+            self._key, self._cache = key, cache
+
+
 def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progress: bool = True,
-                  desc: str = "explain") -> tuple[list[Any], list[dict[str, Any]]]:
-    """Explain prepared tasks; returns the Explanations and per-example stats (method, evals, seconds)."""
+                  desc: str = "explain", reuse: PrefixReuse | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Explain prepared tasks; returns the Explanations and per-example stats (method, evals, seconds).
+
+    Consecutive tasks with the same model and fixed prefix run that prefix once (``reuse``: pass one
+    :class:`PrefixReuse` to several calls to share it across them too).
+    """
     explanations, stats = [], []
+    reuse = reuse if reuse is not None else PrefixReuse()
     for task in tqdm(tasks, desc=desc, disable=not progress, leave=False):
+        # a copy runs: the caller's task keeps its budget and holds no scorer (nor its cache) afterwards
+        task = copy.copy(task)
+        key = reuse.attach(task)
         name = choose_method(task.n_features, method)
-        if method == "auto" and auto_budget(name, task.n_features, task.max_evals) != task.max_evals:
-            task = copy.copy(task)  # shares the scorer already built; the caller's task keeps its budget
+        if method == "auto":
             task.max_evals = auto_budget(name, task.n_features, task.max_evals)
         if name not in REGISTRY:
             raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of auto, {', '.join(sorted(REGISTRY))}.")
@@ -117,6 +150,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         start = time.perf_counter()
         att = REGISTRY[name]().attribute(task)
         seconds = time.perf_counter() - start
+        reuse.keep(key, task)
         explanations.append(to_explanation(task, att, seconds))
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,6 +33,7 @@ class ExplainTask:
     seed: int = 0
     use_cache: bool = True
     options: dict = field(default_factory=dict)
+    prefix_cache: Any = None  # the prefix's key/value cache from an earlier task with the same model and prefix
 
     @property
     def n_features(self) -> int:
@@ -40,7 +42,8 @@ class ExplainTask:
     @cached_property
     def scorer(self) -> TeacherForcedScorer:
         return TeacherForcedScorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
-                                   batch_size=self.batch_size, use_cache=self.use_cache)
+                                   batch_size=self.batch_size, use_cache=self.use_cache,
+                                   prefix_cache=self.prefix_cache)
 
 
 @dataclass
