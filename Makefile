@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/bench_explainers.py
+	$(BIN)/python benchmarks/bench_explainers.py --threads 1
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -22,7 +22,7 @@ memory (RSS sampled every 5 ms), Spearman and top-3 overlap with exact values (n
 deletion faithfulness by real deletion from the text (shapshift.faithfulness): deletion AOPC
 against random orders, ERASER comprehensiveness and sufficiency.
 
-    .venv/bin/python benchmarks/bench_explainers.py            # the full run (~25 min, 2 CPU cores)
+    .venv/bin/python benchmarks/bench_explainers.py --threads 1   # the full run (~95 min on one CPU core)
     .venv/bin/python benchmarks/bench_explainers.py --quick    # tiny-gpt-neo smoke run (~1 min)
 
 Writes ``benchmarks/RESULTS.md``, ``benchmarks/results.csv`` (one row per example and method)
