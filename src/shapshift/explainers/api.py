@@ -114,7 +114,8 @@ class PrefixReuse:
 
     def attach(self, task: ExplainTask) -> tuple:
         """Give ``task`` the kept cache when its model and prefix match; returns the task's key."""
-        key = (id(task.model), tuple(task.prompt.prefix_ids), task.use_cache)
+        # the model itself, not its id: a freed model's id can be reused by another one
+        key = (task.model, tuple(task.prompt.prefix_ids), task.use_cache)
         if key == self._key and task.prefix_cache is None and "scorer" not in task.__dict__:
             task.prefix_cache = self._cache
         return key
