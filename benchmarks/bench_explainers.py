@@ -73,8 +73,8 @@ EXACT_MAX = 10
 
 
 # -- methods -------------------------------------------------------------------------------------
-def run_ours(model, tok, ex, method: str, budget: int):
-    task = make_task(model, tok, ex.parts, ex.target_ids, input_ids=ex.prompt.input_ids, max_evals=budget, seed=0)
+def run_ours(model, tok, ex, method: str, budget: int, seed: int = 0):
+    task = make_task(model, tok, ex.parts, ex.target_ids, input_ids=ex.prompt.input_ids, max_evals=budget, seed=seed)
     [exp], [stats] = explain_tasks([task], method, progress=False)
     return np.asarray(exp.values), stats["n_evals"], stats["n_forward_tokens"], stats["method"]
 
