@@ -24,6 +24,8 @@ against random orders, ERASER comprehensiveness and sufficiency.
 
     .venv/bin/python benchmarks/bench_explainers.py --threads 1   # the full run (~95 min on one CPU core)
     .venv/bin/python benchmarks/bench_explainers.py --quick    # tiny-gpt-neo smoke run (~1 min)
+    python benchmarks/bench_explainers.py --model gpt-neo-125m-random --out benchmarks/gpu   # on a GPU:
+        # GPT-Neo-125M's architecture with random weights (speed only; its fidelity numbers mean nothing)
 
 Writes ``benchmarks/RESULTS.md``, ``benchmarks/results.csv`` (one row per example and method)
 and ``benchmarks/summary.csv`` (``--quick``: ``*_quick`` files, RESULTS.md untouched).
@@ -343,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--long-budget", type=int, default=40)
     ap.add_argument("--n-random", type=int, default=4, help="random orders of the deletion baseline")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU), float32, ...")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -353,7 +357,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/bench_explainers.py " + " ".join(argv if argv is not None else sys.argv[1:])
     t_start, load0 = time.perf_counter(), load_average()
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, device=args.device, dtype=args.dtype)
     examples = build_examples(model, tok, args)
     log.info("%d examples; warming up", len(examples))
     warm_up(model, tok, args)

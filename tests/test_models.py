@@ -33,3 +33,17 @@ def test_unknown_model_names_the_offline_default(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="smollm2-135m"):
         load_model("no-such-org/no-such-model-xyz")
+
+
+def test_random_gpt_neo_125m_has_the_published_shape():
+    # EleutherAI/gpt-neo-125m: 12 layers alternating global/local attention (window 256), width 768,
+    # 125M parameters with its 50,257-token vocabulary (here the SmolLM2 tokenizer's 49,152)
+    model, tok = load_model("gpt-neo-125m-random", device="cpu")
+    assert type(model).__name__ == "GPTNeoForCausalLM"
+    assert model.config.attention_layers == ["global", "local"] * 6 and model.config.window_size == 256
+    assert model.config.hidden_size == 768 and model.config.vocab_size == len(tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 120e6 < n_params + (50257 - len(tok)) * 768 < 130e6
+    with torch.no_grad():
+        logits = model(**tok("a fine film", return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()

@@ -25,7 +25,7 @@ CONDITIONS = ("zero_shot", "few_shot", "finetuned")
 
 @dataclass
 class ModelConfig:
-    """Which model to explain. ``spec``: a hub id, a local folder, ``smollm2-135m`` or ``tiny-gpt-neo``."""
+    """Which model to explain. ``spec``: a hub id, a local folder, ``smollm2-135m``, ``tiny-gpt-neo`` or ``gpt-neo-125m-random``."""
 
     spec: str = "smollm2-135m"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

