@@ -173,11 +173,8 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, device: str = "auto", dtype: str 
     torch_dtype = choose_dtype(dev, dtype)
     if spec == OFFLINE_DEFAULT:
         model, tokenizer = _load_smollm2(torch_dtype)
-    elif spec == TINY_GPT_NEO:
-        model, tokenizer = tiny_gpt_neo()
-        model = model.to(torch_dtype)
-    elif spec == GPT_NEO_125M_RANDOM:
-        model, tokenizer = random_gpt_neo(**GPT_NEO_125M_SHAPE)
+    elif spec in (TINY_GPT_NEO, GPT_NEO_125M_RANDOM):
+        model, tokenizer = tiny_gpt_neo() if spec == TINY_GPT_NEO else random_gpt_neo(**GPT_NEO_125M_SHAPE)
         model = model.to(torch_dtype)
     else:
         model, tokenizer = _load_pretrained(spec, torch_dtype, trust_remote_code)
