@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     PeakMemory,
     Timer,
     align_values,
+    bootstrap_mean_ci,
     fewshot_example,
     load_average,
     load_sst2,
@@ -259,8 +260,8 @@ def paired_difference(df: pd.DataFrame, set_name: str, a: str, b: str, column: s
     d = (sub[a] - sub[b]).dropna().to_numpy()
     if len(d) == 0:
         return math.nan, math.nan, math.nan, 0, 0
-    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    return float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)), int((d > 0).sum()), len(d)
+    lo, hi = bootstrap_mean_ci(d, n_boot, seed)
+    return float(d.mean()), lo, hi, int((d > 0).sum()), len(d)
 
 
 def write_results(path: Path, summary: pd.DataFrame, df: pd.DataFrame, info: dict, args, wall: float,

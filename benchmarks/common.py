@@ -222,6 +222,12 @@ def align_values(src_tokens: list[str], src_values: np.ndarray, dst_tokens: list
     return out
 
 
+def bootstrap_mean_ci(d: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap CI of the mean of ``d`` (its entries resampled with replacement)."""
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    return float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 

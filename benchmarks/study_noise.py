@@ -28,13 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_explainers import EXACT_MAX, build_examples, faithfulness, run_ours, run_partition  # noqa: E402
-from common import Timer, load_average, machine_info, markdown_table, spearman  # noqa: E402
+from common import Timer, bootstrap_mean_ci, load_average, machine_info, markdown_table, spearman  # noqa: E402
 
 from shapshift.models import load_model  # noqa: E402
 
@@ -58,11 +57,10 @@ def summarise(df: pd.DataFrame, n_boot: int = 10000, seed: int = 0) -> pd.DataFr
     for (method, c), g in df[df.method != "shap-partition"].groupby(["method", "c"], sort=False):
         per_ex = g.groupby("example")["deletion_aopc"].mean()
         d = (per_ex - part.reindex(per_ex.index)).to_numpy()
-        boot = d[np.random.default_rng(seed).integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+        lo, hi = bootstrap_mean_ci(d, n_boot, seed)
         rows.append({"method": method, "evals per feature c": c, "seeds": g.seed.nunique(), "examples": len(d),
                      "s / example": g.seconds.mean(), "deletion AOPC": g.deletion_aopc.mean(),
-                     "AOPC − partition": d.mean(), "95 % CI low": np.quantile(boot, 0.025),
-                     "95 % CI high": np.quantile(boot, 0.975),
+                     "AOPC − partition": d.mean(), "95 % CI low": lo, "95 % CI high": hi,
                      "seed-to-seed sd": g.groupby("example")["deletion_aopc"].std().mean(),
                      "Spearman vs reference": g.spearman_vs_reference.mean()})
     p = df[df.method == "shap-partition"]
