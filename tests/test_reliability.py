@@ -49,7 +49,7 @@ def test_scorer_halves_its_batch_on_out_of_memory(tiny_neo):
 
 def test_scorer_does_not_swallow_other_errors(tiny_neo):
     model, tok = tiny_neo
-    prompt = EncodedPrompt([], tok(" one two", add_special_tokens=False)["input_ids"], [])
+    prompt = EncodedPrompt(tok("Q:")["input_ids"], tok(" one two", add_special_tokens=False)["input_ids"], [])
     scorer = TeacherForcedScorer(model, prompt, [5], batch_size=8)
     with FlakyForward(model, 1, message="shape mismatch"), pytest.raises(RuntimeError, match="shape mismatch"):
         scorer(np.ones((4, len(prompt.input_ids)), bool))

@@ -91,18 +91,41 @@ class EncodedPrompt:
         return self.prefix_ids + self.input_ids + self.suffix_ids
 
 
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token a prompt starts with when no text precedes its input: the model's BOS token, else its EOS.
+
+    A causal LM predicts every token from the tokens before it, so an input with nothing before it
+    (no template text, or every input token masked) needs one token to stand before the first
+    target token. The model's own convention is its BOS token (Llama's ``<s>``, SmolLM2's
+    ``<|im_start|>``); GPT-2 and GPT-Neo mark the start of a document with ``<|endoftext|>``, which
+    their tokenizers name both BOS and EOS; a tokenizer without a BOS token falls back to its EOS token.
+    The same token stands there for every coalition and every estimator, so ``base_value`` is the
+    score of the target after this token and the fixed context alone.
+    """
+    for name in ("bos_token_id", "eos_token_id"):
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            return int(token)
+    raise ConfigError(f"The tokenizer {type(tokenizer).__name__} has neither a BOS nor an EOS token, so an input "
+                      "with no text before it has no token to be predicted from.",
+                      "Give the input a context with text before it, e.g. the template 'Text: {input}'.")
+
+
 def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, chat: bool | None = None,
                   input_ids: Sequence[int] | None = None) -> EncodedPrompt:
     """Tokenise each part on its own, so the features are exactly the text's tokens.
 
     The prefix gets the tokenizer's special tokens (BOS) unless it comes from a chat template,
     which writes its own (``chat=None``: detected by the prefix starting with a special token).
-    ``input_ids`` reuses a stored tokenisation of the text.
+    A prefix that would be empty is the model's start token (:func:`start_token_id`), so the
+    prefix always holds at least one token. ``input_ids`` reuses a stored tokenisation of the text.
     """
     if chat is None:
         specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
         chat = any(parts.prefix.startswith(t) for t in specials)
     prefix = tokenizer(parts.prefix, add_special_tokens=not chat)["input_ids"] if (parts.prefix or not chat) else []
+    if not prefix:
+        prefix = [start_token_id(tokenizer)]
     if input_ids is None:
         input_ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
     suffix = tokenizer(parts.suffix, add_special_tokens=False)["input_ids"] if parts.suffix else []

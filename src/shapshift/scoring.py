@@ -133,16 +133,24 @@ class TeacherForcedScorer:
     Parameters
     ----------
     model: a causal LM (any ``AutoModelForCausalLM``; a ``PeftModel`` works too).
-    prompt: the encoded prompt; only ``prompt.input_ids`` (``n_in`` tokens) are masked.
+    prompt: the encoded prompt; only ``prompt.input_ids`` (``n_in`` tokens) are masked. Its prefix must
+        hold at least one token (:func:`shapshift.prompting.encode_prompt` starts a prompt with the
+        model's start token when no text precedes the input), so that every target token, the first
+        one of the fully masked input included, has a token to be predicted from.
     target_ids: the explained continuation, ``n_out`` tokens.
     score: ``log_odds`` or ``log_prob`` per target token.
     masking: ``attention``, ``delete`` or ``replace`` (module docstring).
     batch_size: coalitions per forward pass; ``None``: :func:`auto_batch_size` (halved on out-of-memory).
     use_cache: run the prefix once and reuse its key/value cache (``False``: the whole prompt each time).
-    prefix_cache: the one-row key/value cache of ``prompt.prefix_ids`` from another scorer of the same
+    prefix_cache: the one-row key/value cache of ``prompt.prefix_ids[:-1]`` from another scorer of the same
         model (:attr:`prefix_cache`), e.g. of the previous example under the same few-shot context; it is
         read, never changed, and its prefix is then not run again.
     mask_token_id: the replacement token of ``replace`` masking (default: the pad token, else 0).
+
+    Every row of a batch is ``head + kept input tokens [+ pads] + tail`` after the cached part of the
+    prefix, where ``head`` is the prefix's last token (the whole prefix without a cache) and ``tail``
+    is ``suffix + target[:-1]``: a row is never empty, and the logit of the first target token is
+    always the one at the row's last token before the tail.
 
     Counters: ``n_evals`` (coalitions scored), ``n_forward_tokens`` (token positions run through the
     model, padding and the one prefix pass included).
@@ -157,21 +165,27 @@ class TeacherForcedScorer:
             raise ValueError(f"score must be 'log_odds' or 'log_prob', got {score!r}")
         if len(target_ids) == 0:
             raise ValueError("target_ids is empty: there is nothing to explain")
+        if len(prompt.prefix_ids) == 0:
+            raise ValueError("prompt.prefix_ids is empty, so nothing precedes the first target token when every "
+                             "input token is masked; build the prompt with shapshift.prompting.encode_prompt, which "
+                             "starts it with the model's start token (BOS) when no text precedes the input")
         self.model = model
         self.device = model_device(model)
         self.prompt = prompt
         self.target_ids = [int(t) for t in target_ids]
         self.score = score
         self.masking = masking
-        self.use_cache = use_cache and len(prompt.prefix_ids) > 0
         pad = getattr(model.config, "pad_token_id", None)
         self.mask_token_id = mask_token_id if mask_token_id is not None else (pad if pad is not None else 0)
         self.n_in = len(prompt.input_ids)
         self.n_out = len(self.target_ids)
         self.n_prefix = len(prompt.prefix_ids)
+        # the cache holds the prefix but its last token, which starts every row (so no row is ever empty)
+        self.use_cache = use_cache and self.n_prefix > 1
+        self.n_cached = self.n_prefix - 1 if self.use_cache else 0
         if batch_size is None:
-            n_body = self.n_in + len(prompt.suffix_ids) + self.n_out
-            batch_size = auto_batch_size(model, self.n_prefix, n_body, self.n_out, self.device)
+            n_body = self.n_prefix - self.n_cached + self.n_in + len(prompt.suffix_ids) + self.n_out
+            batch_size = auto_batch_size(model, self.n_cached, n_body, self.n_out, self.device)
         self.batch_size = max(1, int(batch_size))
         self.n_evals = 0
         self.n_forward_tokens = 0
@@ -179,7 +193,8 @@ class TeacherForcedScorer:
         # transformers 5 renamed past_key_values to cache
         self._cache_name = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
-        self._tail = torch.tensor(prompt.suffix_ids + self.target_ids[:-1], dtype=torch.long, device=self.device)
+        self._head = list(prompt.prefix_ids[self.n_cached:])
+        self._tail = list(prompt.suffix_ids) + self.target_ids[:-1]
         self._inputs = torch.tensor(prompt.input_ids, dtype=torch.long, device=self.device)
         self._targets = torch.tensor(self.target_ids, dtype=torch.long, device=self.device)
         if not self.use_cache:
@@ -187,10 +202,11 @@ class TeacherForcedScorer:
         elif prefix_cache is None:
             prefix_cache = self._run_prefix()
         self.prefix_cache = prefix_cache
-        # attention masking by leaving masked tokens out (same scores, fewer tokens): needs a body that is never
-        # empty (a suffix or a second target token) and attention that does not count sequence slots
+        # models with local/sliding-window attention count sequence slots, not positions: there masked
+        # tokens stay in place (hidden) and rows are padded at the end, so every token keeps its slot
         self.windowed = has_windowed_attention(model)
-        self.compact = masking == "attention" and len(self._tail) > 0 and not self.windowed
+        # attention masking by leaving masked tokens out (same scores, fewer tokens)
+        self.compact = masking == "attention" and not self.windowed
 
     # -- public ---------------------------------------------------------------------------------
     def __call__(self, masks: np.ndarray) -> np.ndarray:
@@ -252,7 +268,7 @@ class TeacherForcedScorer:
 
     @torch.no_grad()
     def _run_prefix(self):
-        ids = torch.tensor([self.prompt.prefix_ids], dtype=torch.long, device=self.device)
+        ids = torch.tensor([self.prompt.prefix_ids[:self.n_cached]], dtype=torch.long, device=self.device)
         # only the cache is wanted: no logits over the prefix (the head would run on every prefix position)
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out = self.model(input_ids=ids, use_cache=True, **extra)
@@ -273,7 +289,7 @@ class TeacherForcedScorer:
         return cache
 
     def _masked_batch(self, masks: np.ndarray) -> np.ndarray:
-        """Attention or replacement masking: every row has the same length, positions unchanged."""
+        """Attention or replacement masking: ``head + inputs + tail``, every row the same, positions unchanged."""
         b = len(masks)
         keep = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)
         inputs = self._inputs.unsqueeze(0).expand(b, -1)
@@ -282,80 +298,87 @@ class TeacherForcedScorer:
             in_mask = torch.ones_like(keep, dtype=torch.long)
         else:
             in_mask = keep.long()
-        tail = self._tail.unsqueeze(0).expand(b, -1)
-        ids = torch.cat([inputs, tail], dim=1)
-        body_mask = torch.cat([in_mask, torch.ones_like(tail)], dim=1)
-        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0).expand(b, -1)
-        return self._score_body(ids, body_mask, positions)
+        head = torch.tensor(self._head, dtype=torch.long, device=self.device).unsqueeze(0).expand(b, -1)
+        tail = torch.tensor(self._tail, dtype=torch.long, device=self.device).unsqueeze(0).expand(b, -1)
+        ids = torch.cat([head, inputs, tail], dim=1)
+        body_mask = torch.cat([torch.ones_like(head), in_mask, torch.ones_like(tail)], dim=1)
+        positions = self.n_cached + torch.arange(ids.shape[1], device=self.device).unsqueeze(0).expand(b, -1)
+        first = ids.shape[1] - self.n_out + 1  # slot of the first target token
+        return self._score_body(ids, body_mask, positions, self._predictors(body_mask, torch.full((b,), first)))
+
+    def _predictors(self, body_mask: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Slots ``(b, n_out)`` whose logits predict each target token; ``first``: ``(b,)`` slot of the first one.
+
+        Target ``j > 0`` is predicted at the slot of target ``j - 1``; the first target at the last slot the
+        model sees before it (with attention masking and no suffix, a masked last input token's own hidden
+        state would carry that token: it is skipped, so a masked token never reaches the scores).
+        """
+        slots = torch.arange(body_mask.shape[1], device=body_mask.device)
+        seen = (body_mask.bool() & (slots[None, :] < first.to(body_mask.device)[:, None])).long()
+        last_seen = (seen * (slots + 1)[None, :]).amax(dim=1) - 1
+        later = first.to(body_mask.device)[:, None] - 1 + torch.arange(1, self.n_out, device=body_mask.device)[None, :]
+        return torch.cat([last_seen[:, None], later], dim=1)
 
     def _row_batch(self, items: list[tuple[list[int], list[int] | None]]) -> np.ndarray:
-        """Rows ``(input ids, their positions or None)`` + tail, padded where no real token ever sees a pad.
+        """Rows ``head + input ids + tail``, the inputs at their given positions or, with ``None``, consecutive.
 
         ``None`` positions: the row's tokens stand where they are (deletion: later tokens move up);
         given positions (compacted attention masking): the kept tokens keep their original positions
         and the tail follows at ``n_in``.
 
-        Pads go between the input tokens and the tail when a prefix precedes them (every pad then
-        sees the prefix, and every row's targets end the row, so logits are computed for the
-        ``n_out`` target positions only); otherwise, and for windowed attention that counts slots,
-        after the tail.
+        Rows shorter than the batch's longest are padded between the input tokens and the tail, so
+        every row's targets end it and logits are computed for little more than the target positions;
+        every pad sees the head, hidden from all real tokens. Models with windowed attention (which
+        counts slots) are padded after the tail instead.
         """
-        tail = self._tail.tolist()
-        # nothing before the first target (no prefix, suffix or kept token): the mask token stands in
-        empty = [] if (tail or self.n_prefix) else [self.mask_token_id]
-        heads = [r if (r or tail) else empty for r, _ in items]
-        width = max(len(h) for h in heads) + len(tail)
-        middle = self.n_prefix > 0 and not self.windowed
+        head, tail, start = self._head, self._tail, self.n_prefix
+        head_pos = list(range(self.n_cached, self.n_prefix))
+        n_fixed = len(head) + len(tail)
+        width = n_fixed + max(len(r) for r, _ in items)
+        middle = not self.windowed
         ids = torch.full((len(items), width), self.mask_token_id, dtype=torch.long)
         attn = torch.zeros((len(items), width), dtype=torch.long)
         pos = torch.zeros((len(items), width), dtype=torch.long)
-        lengths = []
-        for i, (head, (_, at)) in enumerate(zip(heads, items)):
-            n_head, n_pad = len(head), width - len(head) - len(tail)
-            # deletion: the tail follows the row's tokens; compacted attention masking: it stands at n_in
-            tail_from = n_head if at is None else self.n_in
-            row = head + tail
-            row_pos = (list(range(n_head)) if at is None else at) + list(range(tail_from, tail_from + len(tail)))
-            slots = list(range(n_head)) + [s + (n_pad if middle else 0) for s in range(n_head, n_head + len(tail))]
-            if row:
-                ids[i, slots] = torch.tensor(row, dtype=torch.long)
-                attn[i, slots] = 1
-                pos[i, slots] = torch.tensor(row_pos, dtype=torch.long)
-            # pads: hidden, at a position the model has (the one before them)
-            pad_from = n_head if middle else n_head + len(tail)
-            pos[i, pad_from:pad_from + n_pad] = row_pos[pad_from - 1] if pad_from else 0
-            lengths.append(n_head + len(tail))
-        return self._score_body(ids.to(self.device), attn.to(self.device), pos.to(self.device),
-                                None if middle else lengths)
+        first = torch.zeros(len(items), dtype=torch.long)
+        n_suffix = len(self.prompt.suffix_ids)
+        for i, (row, at) in enumerate(items):
+            n_row = len(row)
+            n_pad = width - n_fixed - n_row
+            in_pos = [start + j for j in range(n_row)] if at is None else [start + j for j in at]
+            tail_from = start + (n_row if at is None else self.n_in)
+            tail_pos = list(range(tail_from, tail_from + len(tail)))
+            split = len(head) + n_row  # where the tail begins in the unpadded row
+            tail_slot = split + (n_pad if middle else 0)
+            slots = list(range(split)) + list(range(tail_slot, tail_slot + len(tail)))
+            ids[i, slots] = torch.tensor(head + row + tail, dtype=torch.long)
+            attn[i, slots] = 1
+            pos[i, slots] = torch.tensor(head_pos + in_pos + tail_pos, dtype=torch.long)
+            # pads: hidden, at the position of the token before them
+            pad_from = split if middle else split + len(tail)
+            pos[i, pad_from:pad_from + n_pad] = pos[i, pad_from - 1]
+            first[i] = tail_slot + n_suffix
+        attn = attn.to(self.device)
+        return self._score_body(ids.to(self.device), attn, pos.to(self.device), self._predictors(attn, first))
 
     @torch.no_grad()
     def _score_body(self, ids: torch.Tensor, body_mask: torch.Tensor, positions: torch.Tensor,
-                    lengths: list[int] | None = None) -> np.ndarray:
-        """Scores ``(b, n_out)`` of body rows ``ids`` ``(b, width)`` after the prefix (cached or not).
+                    predictors: torch.Tensor) -> np.ndarray:
+        """Scores ``(b, n_out)`` of body rows ``ids`` ``(b, width)`` after the cached part of the prefix.
 
-        ``lengths``: where each right-padded row really ends (default: every row fills ``width``).
+        ``positions`` are absolute (the cached tokens hold ``0..n_cached - 1``); ``predictors``
+        ``(b, n_out)``: the slot whose logits predict each target token (:meth:`_predictors`).
         """
         b, width = ids.shape
-        n_prefix = self.n_prefix
         kwargs = {}
         if self.use_cache:
             kwargs[self._cache_name] = self._batched_cache(b)
-            positions = positions + n_prefix
-            body_mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long, device=self.device), body_mask], dim=1)
-        elif n_prefix:
-            prefix = torch.tensor(self.prompt.prefix_ids, dtype=torch.long, device=self.device).unsqueeze(0).expand(b, -1)
-            ids = torch.cat([prefix, ids], dim=1)
-            body_mask = torch.cat([torch.ones_like(prefix), body_mask], dim=1)
-            positions = torch.cat([torch.arange(n_prefix, device=self.device).unsqueeze(0).expand(b, -1),
-                                   positions + n_prefix], dim=1)
+            cached = torch.ones((b, self.n_cached), dtype=torch.long, device=self.device)
+            body_mask = torch.cat([cached, body_mask], dim=1)
         self.n_forward_tokens += ids.numel()
-        # logits of the last `keep` positions: the targets of every row lie there
-        keep = self.n_out + (width - min(lengths) if lengths else 0)
+        # logits of the last `keep` positions only: every predictor lies there
+        keep = width - int(predictors.min())
         logits = self._forward(ids, body_mask, positions, kwargs, keep)
-        if lengths:
-            starts = torch.tensor([n - self.n_out - (width - keep) for n in lengths], device=self.device)
-            index = starts[:, None] + torch.arange(self.n_out, device=self.device)[None, :]
-            logits = logits[torch.arange(b, device=self.device)[:, None], index]
+        logits = logits[torch.arange(b, device=self.device)[:, None], predictors - (width - keep)]
         targets = self._targets.unsqueeze(0).expand(b, -1)
         return token_scores(logits, targets, self.score).double().cpu().numpy()
 
