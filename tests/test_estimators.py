@@ -199,6 +199,6 @@ def test_known_answer_capital_of_france_with_auto(smollm2):
     model, tok = smollm2
     [exp] = shapshift.explain(model, tok, ["The capital of France is"], targets=[" Paris"], method="auto",
                               progress=False)
-    top2 = {exp.data[i] for i in np.argsort(-exp.values[:, 0])[:2]}
-    assert top2 == {" capital", " France"}
+    order = [exp.data[i] for i in np.argsort(-exp.values[:, 0])]  # as exact's (test_explain): France first
+    assert order[0] == " France" and " capital" in order[:3] and set(order[-2:]) == {"The", " of"}
     assert list(exp.data) == token_strings(tok, tok("The capital of France is", add_special_tokens=False)["input_ids"])

@@ -40,17 +40,24 @@ def test_efficiency_on_gpt_neo(tiny_neo, method):
 
 @pytest.mark.parametrize("method", ["exact", "partition"])
 def test_known_answer_capital_of_france(smollm2, method):
-    """shap's own run gave ' capital' 8.3 and ' France' 6.2 log-odds; every other token below 3."""
-    import shap
+    """' Paris' after 'The capital of France is' rests on ' France' and ' capital', not on 'The' and ' of'.
 
+    After the model's start token (<|im_start|>): exact attention-masked values France 5.3, is 4.2,
+    capital 3.9, of 2.7, The 2.3; shap's Partition (masked tokens written '...') capital 6.2,
+    France 3.8, is 2.6, The 0.4, of 0.3.
+    """
     model, tok = smollm2
     [exp] = shapshift.explain(model, tok, ["The capital of France is"], targets=[" Paris"], method=method,
                               progress=False)
     assert exp.output_names == [" Paris"]
-    order = np.argsort(-exp.values[:, 0])
-    assert {exp.data[order[0]], exp.data[order[1]]} == {" capital", " France"}
-    if method == "partition":  # efficiency against shap's own scorer of the full text
-        full = shap.models.TeacherForcing(model, tok)(np.array(["The capital of France is"]), np.array([" Paris"]))[0]
+    order = [exp.data[i] for i in np.argsort(-exp.values[:, 0])]
+    assert {" capital", " France"} <= set(order[:3]) and set(order[-2:]) == {"The", " of"}
+    if method == "partition":
+        assert set(order[:2]) == {" capital", " France"}
+    else:
+        assert order[0] == " France"
+    if method == "partition":  # the full input is scored as by every estimator
+        full, _ = _independent_scores(model, tok, "The capital of France is", "{input}", " Paris")
         np.testing.assert_allclose(exp.base_values + exp.values.sum(0), full, rtol=1e-4, atol=1e-3)
     else:
         full, empty = _independent_scores(model, tok, "The capital of France is", "{input}", " Paris")
@@ -99,8 +106,12 @@ def test_bad_inputs_are_clear_errors(tiny_neo):
         shapshift.explain(model, tok, ["   "], targets=[" x"], progress=False)
     with pytest.raises(shapshift.ShapshiftError, match="has no tokens"):
         shapshift.explain(model, tok, ["fine"], targets=[""], progress=False)
-    with pytest.raises(shapshift.ShapshiftError, match="Unknown explanation method"):
+    with pytest.raises(shapshift.ShapshiftError, match="method='magic' is unknown"):
         shapshift.explain(model, tok, ["fine"], targets=[" x"], method="magic", progress=False)
+    with pytest.raises(shapshift.ShapshiftError, match="masking='blur' is unknown"):
+        shapshift.explain(model, tok, ["fine"], targets=[" x"], masking="blur", progress=False)
+    with pytest.raises(shapshift.ShapshiftError, match="at least one token must be generated"):
+        shapshift.explain(model, tok, ["fine"], max_new_tokens=0, progress=False)
     assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "  ", "--out", "/tmp/x.pkl"]) == 2
 
 
@@ -155,7 +166,7 @@ def test_tasks_under_one_context_share_the_prefix_pass(tiny_neo):
     tasks = [make_task(model, tok, build_prompt(t, context, tok), y, max_evals=24) for t, y in zip(texts, targets)]
     together, stats = explain_tasks(tasks, "kernel", progress=False)
     alone = [explain_tasks([t], "kernel", progress=False) for t in tasks]
-    n_prefix = len(tasks[0].prompt.prefix_ids)
+    n_prefix = len(tasks[0].prompt.prefix_ids) - 1  # the cached part: the last prefix token starts every row
     assert n_prefix > 10 and tasks[1].prompt.prefix_ids == tasks[0].prompt.prefix_ids
     assert stats[0]["n_forward_tokens"] == alone[0][1][0]["n_forward_tokens"]
     assert stats[1]["n_forward_tokens"] == alone[1][1][0]["n_forward_tokens"] - n_prefix

@@ -7,8 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import RunConfig
-from .errors import ShapshiftError
+from .config import (
+    EXPLAIN_METHODS,
+    MASKINGS,
+    SCORES,
+    ExplainConfig,
+    GenerationConfig,
+    RunConfig,
+    apply_overrides,
+)
+from .errors import ConfigError, ShapshiftError
 
 log = logging.getLogger("shapshift")
 
@@ -20,7 +28,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     if args.name:
         overrides.append(f"name={args.name}")
     if args.config is None and not Path(DEFAULT_CONFIG).exists():
-        return RunConfig.from_dict(__import__("shapshift.config", fromlist=["apply_overrides"]).apply_overrides({}, overrides))
+        return RunConfig.from_dict(apply_overrides({}, overrides))
     return RunConfig.from_yaml(args.config or DEFAULT_CONFIG, overrides)
 
 
@@ -44,16 +52,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What ``explain-text --out`` writes, by extension.
+EXPLAIN_TEXT_OUTPUTS = {".html": "the SHAP text plot", ".pkl": "the shap.Explanation (pickle)"}
+
+
 def _explain_text(args: argparse.Namespace) -> int:
     import pickle
 
     from . import explain, load_model
     from .store import atomic_write_bytes
 
+    out = Path(args.out)
+    if out.suffix not in EXPLAIN_TEXT_OUTPUTS:
+        raise ConfigError(f"--out {out}: cannot write a {out.suffix or 'extension-less'} file.",
+                          "Name it .html (" + EXPLAIN_TEXT_OUTPUTS[".html"] + ") or .pkl ("
+                          + EXPLAIN_TEXT_OUTPUTS[".pkl"] + ").")
     model, tokenizer = load_model(args.model)
     [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
-                    context=args.context, method=args.method, max_new_tokens=args.max_new_tokens)
-    out = Path(args.out)
+                    context=args.context, method=args.method, score=args.score, masking=args.masking,
+                    max_evals=args.max_evals, seed=args.seed, max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
         from .report import text_plot_html
 
@@ -94,9 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="the input whose tokens are the features")
     p.add_argument("--target", help="the continuation to explain (default: greedy generation)")
     p.add_argument("--context", help="fixed template around the text, with an {input} slot")
-    p.add_argument("--method", default="auto")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--out", required=True, help=".pkl (the shap.Explanation) or .html (the text plot)")
+    # defaults: the run configuration's (explain.* and generation.*), as for shapshift.explain()
+    ex, gen = ExplainConfig(), GenerationConfig()
+    p.add_argument("--method", default=ex.method, choices=EXPLAIN_METHODS)
+    p.add_argument("--score", default=ex.score, choices=SCORES)
+    p.add_argument("--masking", default=ex.masking, choices=MASKINGS)
+    p.add_argument("--max-evals", type=int, default=ex.max_evals, help="budget of masked inputs (sampling estimators)")
+    p.add_argument("--seed", type=int, default=ex.seed)
+    p.add_argument("--max-new-tokens", type=int, default=gen.max_new_tokens, help="when no --target is given")
+    p.add_argument("--out", required=True, help="; ".join(f"{k}: {v}" for k, v in EXPLAIN_TEXT_OUTPUTS.items()))
     p.set_defaults(func=_explain_text)
     return parser
 

@@ -20,6 +20,10 @@ import yaml
 from .errors import ConfigError
 
 EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "partition")
+#: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
+MASKINGS = ("attention", "delete", "replace")
+#: The score explained per target token.
+SCORES = ("log_odds", "log_prob")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")
 
 
@@ -81,13 +85,14 @@ class DataConfig:
 class GenerationConfig:
     """Greedy generation of the text that is explained."""
 
-    max_new_tokens: int = 4
+    max_new_tokens: int = 8
     stop_at_newline: bool = True
     batch_size: int = 8
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
-            raise ConfigError("generation.max_new_tokens must be at least 1.")
+            raise ConfigError(f"generation.max_new_tokens={self.max_new_tokens}: at least one token must be generated "
+                              "to have something to explain.", "Set it to 1 or more, or give the target text instead.")
 
 
 @dataclass
@@ -97,13 +102,18 @@ class ExplainConfig:
     ``score``: ``log_odds`` (as ``shap.models.TeacherForcing``) or ``log_prob`` of each target token.
     ``target``: ``baseline`` (every condition explains the baseline's generation), ``own`` (each
     condition its own generation) or ``reference`` (the dataset's target column).
+    ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`).
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
+    ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
+
+    These defaults are also :func:`shapshift.explain`'s keyword defaults (one source of truth).
     """
 
     method: str = "auto"
     max_evals: int = 512
-    batch_size: int = 64
+    batch_size: int | None = None
     score: str = "log_odds"
+    masking: str = "attention"
     target: str = "baseline"
     seed: int = 0
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
@@ -112,8 +122,13 @@ class ExplainConfig:
         if self.method not in EXPLAIN_METHODS:
             raise ConfigError(f"explain.method={self.method!r} is unknown.",
                               f"Choose one of {', '.join(EXPLAIN_METHODS)}.")
-        if self.score not in ("log_odds", "log_prob"):
-            raise ConfigError(f"explain.score={self.score!r} is unknown.", "Use log_odds or log_prob.")
+        if self.score not in SCORES:
+            raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
+        if self.masking not in MASKINGS:
+            raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(MASKINGS)}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
+                              "Leave it empty (null) to choose it from the device's memory.")
         if self.target not in ("baseline", "own", "reference"):
             raise ConfigError(f"explain.target={self.target!r} is unknown.", "Use baseline, own or reference.")
         if self.max_evals < 2:

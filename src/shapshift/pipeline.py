@@ -169,15 +169,16 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
         if int(r.example_id) in done:
             continue
-        task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, batch_size=ex.batch_size,
-                         max_evals=ex.max_evals, seed=seed)
+        task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
+                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed)
         [exp], [stats] = explain_tasks([task], ex.method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
-    meta = {"method": ex.method, "methods_used": methods, "score": ex.score, "max_evals": ex.max_evals, "seed": seed,
+    meta = {"method": ex.method, "methods_used": methods, "score": ex.score, "masking": ex.masking,
+            "max_evals": ex.max_evals, "seed": seed,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
     store.update_manifest(explain_stats={stem: stats})

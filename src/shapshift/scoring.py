@@ -44,12 +44,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from .config import MASKINGS, SCORES
 from .models import model_device
 from .prompting import EncodedPrompt
 
 log = logging.getLogger(__name__)
-
-MASKINGS = ("attention", "delete", "replace")
 
 #: Coalitions per forward pass on CPU. Measured on 2 AMD EPYC cores with smollm2-135m: throughput
 #: is flat from 16 to 64 rows (the GEMMs are already large); 32 keeps memory small.
@@ -161,8 +160,8 @@ class TeacherForcedScorer:
                  use_cache: bool = True, mask_token_id: int | None = None, prefix_cache=None) -> None:
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
-        if score not in ("log_odds", "log_prob"):
-            raise ValueError(f"score must be 'log_odds' or 'log_prob', got {score!r}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if len(target_ids) == 0:
             raise ValueError("target_ids is empty: there is nothing to explain")
         if len(prompt.prefix_ids) == 0:

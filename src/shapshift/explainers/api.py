@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..config import ExplainConfig, GenerationConfig
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
@@ -29,6 +30,8 @@ AUTO_HIERARCHICAL_MIN = 64
 AUTO_EVALS_PER_FEATURE = 4
 
 Context = str | tuple[str, str] | PromptParts | None
+# explain()'s keyword defaults are the run configuration's (one source of truth for every setting)
+_EX, _GEN = ExplainConfig(), GenerationConfig()
 
 
 def choose_method(n_features: int, method: str = "auto") -> str:
@@ -160,9 +163,9 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
 
 def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | PromptParts], *,
             targets: Sequence[str | Sequence[int]] | None = None, context: Context | Sequence[Context] = None,
-            method: str = "auto", score: str = "log_odds", masking: str = "attention", max_evals: int = 512,
-            batch_size: int | None = None, seed: int = 0, max_new_tokens: int = 8, stop_at_newline: bool = True,
-            chat: bool = False, progress: bool = True) -> list[Any]:
+            method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
+            batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, max_new_tokens: int = _GEN.max_new_tokens,
+            stop_at_newline: bool = _GEN.stop_at_newline, chat: bool = False, progress: bool = True) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -175,10 +178,17 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``kernel`` (paired KernelSHAP), ``hierarchical`` (chunks, then tokens) or ``partition``
         (the shap library's path, kept as the reference).
     score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
-    masking: ``attention`` (default), ``delete`` or ``replace`` (ignored by ``partition``).
+    masking: ``attention`` (default), ``delete`` or ``replace`` (``partition`` always uses shap's
+        ``Text`` masker, which writes ``...`` for masked tokens).
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: kernel uses ``4n + 2`` when that is less).
     batch_size: coalitions per forward pass; ``None`` picks one for the device (scoring.auto_batch_size).
+    max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
+
+    Every default is the run configuration's (:class:`shapshift.config.ExplainConfig` and
+    :class:`~shapshift.config.GenerationConfig`), and the arguments are checked by the same validation.
+    When no text precedes an input (no context, or a template starting with ``{input}``), the
+    prompt starts with the model's start token (:func:`shapshift.prompting.start_token_id`).
 
     Returns
     -------
@@ -186,6 +196,12 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     fully masked score), ``data`` the input tokens, ``output_names`` the target tokens;
     ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
     """
+    ExplainConfig(method=method, score=score, masking=masking, max_evals=max_evals, batch_size=batch_size,
+                  seed=seed).validate()
+    if targets is None:
+        GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
+    if isinstance(texts, str | PromptParts):  # one text given alone
+        texts, targets = [texts], [targets] if isinstance(targets, str) else targets
     contexts = list(context) if isinstance(context, list) else [context] * len(texts)
     if len(contexts) != len(texts):
         raise ConfigError(f"{len(contexts)} contexts for {len(texts)} texts.", "Pass one context, or one per text.")
