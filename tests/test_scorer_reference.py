@@ -10,12 +10,13 @@ recomputes every coalition alone; they must agree within 1e-4 nats.
 The same kind of draw runs ``explain()`` end to end for every estimator and checks efficiency
 against the reference's scores of the full and the fully masked input.
 
-``HYPOTHESIS_PROFILE=deep`` (``make test-deep``) runs ten times as many draws.
+``SHAPSHIFT_DEEP=1`` (``make test-deep``) runs ten times as many draws.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import os
+from functools import cache
 
 import numpy as np
 import pytest
@@ -35,10 +36,12 @@ WORDS = [" the", " film", " good", " bad", " not", " Paris", " is", " a", ".", "
 TEMPLATES = [None, "{input}", "Review:{input}\nSentiment:", "{input} The answer is", "Q:{input}",
              ("Text: ", ""), ("", " =>")]
 ARCHS = ["neo", "gpt2", "llama"]
-FULL_DRAWS = 300
+#: draws per property: 300 scorer draws in CI, ten times as many in ``make test-deep``
+DEPTH = 10 if os.environ.get("SHAPSHIFT_DEEP") else 1
+FULL_DRAWS = 300 * DEPTH
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny(arch: str):
     """Random 2-layer models with the SmolLM2 tokenizer; GPT-Neo's local window (4) is shorter than most rows."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -130,7 +133,7 @@ def test_scorer_equals_the_naive_reference_on_tiny_models(arch, data):
 
 
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12 * DEPTH, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_scorer_equals_the_naive_reference_on_smollm2(smollm2, data):
     """30 float32 layers: batched and one-row matrix products differ by up to ~1.3e-4 nats at |score| ≈ 18
@@ -175,7 +178,7 @@ def check_explain_efficiency(data, model, tok, method: str):
 
 
 @pytest.mark.parametrize("method", ESTIMATORS)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8 * DEPTH, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arch=st.sampled_from(ARCHS), data=st.data())
 def test_explain_efficiency_against_the_reference(method, arch, data):
     model, tok = tiny(arch)

@@ -24,6 +24,8 @@ EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "parti
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
+SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")
 
 
@@ -248,6 +250,21 @@ class RunConfig:
         data = self.to_dict()
         picked = {s: data[s] for s in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_keys(cls: type = RunConfig, prefix: str = "") -> dict[str, Any]:
+    """Every setting as ``{"section.key": default}`` (nested sections flattened with dots), in field order.
+
+    The README's configuration table lists exactly these keys and defaults (a test checks it).
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            out.update(config_keys(type(default), f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = default
+    return out
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

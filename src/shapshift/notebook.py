@@ -34,7 +34,8 @@ from .store import MANIFEST, RunStore
 log = logging.getLogger(__name__)
 
 #: The form fields of every notebook's parameters cell, with their defaults (the Colab defaults:
-#: GPT-Neo 125M from the hub on SST-2). The notebooks carry the same values (a test checks it).
+#: GPT-Neo 125M from the hub on SST-2). The notebooks carry the same values, and these defaults make
+#: the config in ``configs/colab_sst2.yaml`` (tests check both).
 FORM_DEFAULTS: dict[str, Any] = {
     "model_name": "EleutherAI/gpt-neo-125m",
     "dtype": "float32",
@@ -50,6 +51,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "n_explain": 8,
     "max_new_tokens": 3,
     "shap_method": "auto",
+    "masking": "attention",
     "max_evals": 512,
     "conditions": "zero_shot, few_shot, finetuned",
     "instruction": "Decide whether the movie review is positive or negative.",
@@ -296,7 +298,8 @@ def config_from_form(form: Mapping[str, Any], runs_dir: str | os.PathLike | None
             "max_input_tokens": int(f["max_input_tokens"]), "n_explain": int(f["n_explain"]), "seed": seed,
         },
         "generation": {"max_new_tokens": int(f["max_new_tokens"])},
-        "explain": {"method": _text(f["shap_method"]), "max_evals": int(f["max_evals"]), "seed": seed},
+        "explain": {"method": _text(f["shap_method"]), "masking": _text(f["masking"]), "max_evals": int(f["max_evals"]),
+                    "seed": seed},
         "adapt": {
             "conditions": parse_list(f["conditions"]), "instruction": unescape(str(f["instruction"])),
             "k_shot": int(f["k_shot"]),

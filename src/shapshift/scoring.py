@@ -9,7 +9,8 @@ It is fast because it
 - scores all target tokens of a coalition in one forward pass (teacher forcing), many coalitions
   per batch;
 - runs the fixed prefix (system prompt, instruction, few-shot demonstrations) once per example and
-  reuses its key/value cache for every coalition (broadcast to the batch, never recomputed);
+  reuses its key/value cache for every coalition (broadcast to the batch, never recomputed); the
+  prefix's last token starts every row, so no row is ever empty;
 - computes logits only at the ``n_out`` target positions (``logits_to_keep``), so the
   ``vocab``-wide head runs on ``n_out`` rows, not on the whole sequence;
 - picks the batch size from the device: on CUDA from the free memory and the sequence length
@@ -18,15 +19,24 @@ It is fast because it
 - leaves masked tokens out of the forward pass (``attention`` and ``delete`` masking) and groups
   coalitions of similar length into a batch, so little is padded.
 
+Every prompt's prefix holds at least one token (:func:`shapshift.prompting.encode_prompt` puts the
+model's start token there when no text precedes the input), so the first target token always has a
+token to be predicted from, the fully masked input included.
+
 Masking (``masking=``), i.e. what "feature absent" means:
 - ``attention`` (default): nothing attends to masked tokens; the other tokens keep their positions,
-  so the model sees a gap. The masked tokens are left out of the forward pass altogether (each row
-  holds only its kept tokens, with their original ``position_ids``), which gives the same scores
-  for fewer tokens; models with local/sliding-window attention, whose windows count sequence
-  slots rather than positions, keep the masked tokens in place, hidden by the attention mask.
+  so the model sees a gap, and the first target token is predicted at the last token the model
+  sees (a masked last input token's own hidden state is never read: it would carry the token).
+  The masked tokens are left out of the forward pass altogether (each row holds only its kept
+  tokens, with their original ``position_ids``), which gives the same scores for fewer tokens;
+  models with local/sliding-window attention, whose windows count sequence slots rather than
+  positions, keep the masked tokens in place, hidden by the attention mask.
 - ``delete``: masked tokens are removed and later tokens move up, as in a shortened text (rows are
   right-padded, so no real token sees a pad, and each row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
+
+``tests/test_scorer_reference.py`` checks all of this against a naive scorer (one coalition at a
+time, the whole sequence built by hand) on random prompt shapes and architectures.
 
 Which one measures better was decided by the fidelity numbers of ``benchmarks/RESULTS.md``
 (deletion AOPC of exact Shapley values under each masking, real text deletion as the yardstick,
