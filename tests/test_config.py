@@ -43,3 +43,11 @@ def test_fingerprint_tracks_sections():
     a, b = RunConfig(), RunConfig.from_dict({"compare": {"ks": [2]}})
     assert a.fingerprint("model", "explain") == b.fingerprint("model", "explain")
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_a_set_value_that_is_not_yaml_is_taken_as_text():
+    """``--set 'data.template=Review: {input}\\nSentiment:'`` (not valid YAML) is the template as typed."""
+    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["data.template=Review: {input}\\nSentiment:",
+                                                               'adapt.instruction="Say: yes or no"'])
+    assert cfg.data.template == "Review: {input}\nSentiment:"
+    assert cfg.adapt.instruction == "Say: yes or no"

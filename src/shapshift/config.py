@@ -280,8 +280,27 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"Override {item!r}: {p} is not a section.")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = parse_value(raw)
     return values
+
+
+def unescape(text: str) -> str:
+    r"""``\n`` and ``\t`` typed as two characters (a shell argument, a form field) become a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def parse_value(raw: str) -> Any:
+    """A ``--set`` value: YAML (``4``, ``null``, ``[a, b]``, ``"quoted"``), else the plain text itself.
+
+    Text that is not valid YAML (``Review: {input}\nSentiment:`` reads as a broken mapping) is taken
+    as written, with ``\n`` and ``\t`` typed as two characters turned into a newline and a tab.
+    """
+    if not raw.strip():
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return unescape(raw)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

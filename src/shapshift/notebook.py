@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import RunConfig, apply_overrides
+from .config import RunConfig, apply_overrides, unescape
 from .errors import ArtifactError, ConfigError
 from .store import MANIFEST, RunStore
 
@@ -219,11 +219,6 @@ def _text(value: Any) -> str:
 def _optional(value: Any) -> str | None:
     text = _text(value)
     return None if text.lower() in ("", "none", "null") else text
-
-
-def unescape(text: str) -> str:
-    r"""``\n`` and ``\t`` typed into a form field (two characters each) become a newline and a tab."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def parse_list(value: Any) -> list[str]:
