@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.shapshift-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-deep lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,20 @@ $(STAMP): $(BIN)/python pyproject.toml requirements.txt
 
 setup: $(STAMP)
 
+# DEMO_ARGS: extra arguments for the demo run, empty by default, e.g.
+#   make demo DEMO_ARGS="--set data.n_explain=2 --set adapt.finetune.max_steps=1"
+# (tests/test_readme.py runs the real `make demo` this way, with small settings).
+DEMO_ARGS ?=
+
 demo: setup
-	$(BIN)/shapshift run --config configs/demo.yaml
+	$(BIN)/shapshift run --config configs/demo.yaml $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The scorer's property-based differential tests with ten times as many draws (SHAPSHIFT_DEEP=1).
+test-deep: setup
+	SHAPSHIFT_DEEP=1 $(BIN)/python -m pytest -q tests/test_scorer_reference.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
