@@ -24,6 +24,8 @@ EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "parti
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
+UNITS = ("token", "word", "sentence")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")
@@ -119,6 +121,7 @@ class ExplainConfig:
     target: str = "baseline"
     seed: int = 0
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
+    unit: str = "token"  # token | word | sentence: the features (groups of the input's tokens, masked together)
 
     def validate(self) -> None:
         if self.method not in EXPLAIN_METHODS:
@@ -128,6 +131,11 @@ class ExplainConfig:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
         if self.masking not in MASKINGS:
             raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(MASKINGS)}.")
+        if self.unit not in UNITS:
+            raise ConfigError(f"explain.unit={self.unit!r} is unknown.", f"Use one of {', '.join(UNITS)}.")
+        if self.unit != "token" and self.method == "partition":
+            raise ConfigError(f"explain.method=partition explains tokens only (shap's Text masker), not {self.unit}s.",
+                              "Use explain.unit=token with partition, or another method (auto, kernel, ...).")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
                               "Leave it empty (null) to choose it from the device's memory.")

@@ -16,7 +16,14 @@ from ..config import ExplainConfig, GenerationConfig
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
-from ..prompting import PromptParts, build_prompt, encode_prompt, encode_targets, token_strings
+from ..prompting import (
+    PromptParts,
+    build_prompt,
+    encode_prompt,
+    encode_targets,
+    feature_groups,
+    token_strings,
+)
 from .base import REGISTRY, Attribution, ExplainTask
 from .exact import MAX_EXACT_FEATURES
 
@@ -83,24 +90,34 @@ def to_parts(text: str | PromptParts, context: Context, tokenizer: PreTrainedTok
 
 def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts: PromptParts,
               target_ids: Sequence[int], *, input_ids: Sequence[int] | None = None, **options: Any) -> ExplainTask:
-    """An :class:`ExplainTask` for one prompt and target (``options``: score, masking, batch_size, max_evals, seed)."""
+    """An :class:`ExplainTask` for one prompt and target.
+
+    ``options``: score, masking, batch_size, max_evals, seed, and ``unit`` (``token``, ``word`` or
+    ``sentence``: the features, :func:`shapshift.prompting.feature_groups`).
+    """
     prompt = encode_prompt(parts, tokenizer, input_ids=input_ids)
     if not prompt.input_ids:
         raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
     check_fits_context(model, len(prompt.ids), len(target_ids), f"The prompt of the input {parts.text[:60]!r}")
+    unit = options.pop("unit", "token")
+    groups = None if unit == "token" else feature_groups(tokenizer, prompt.input_ids, unit)
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
-                       target_ids=[int(t) for t in target_ids], **options)
+                       target_ids=[int(t) for t in target_ids], groups=groups, **options)
 
 
 def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
+    """The ``shap.Explanation`` of one task; with word or sentence features, ``unit_tokens`` holds each one's tokens."""
     import shap
 
-    data = att.data if att.data is not None else token_strings(task.tokenizer, task.prompt.input_ids)
-    return shap.Explanation(
+    data = att.data if att.data is not None else task.feature_strings
+    exp = shap.Explanation(
         values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
         output_names=token_strings(task.tokenizer, task.target_ids), error_std=att.error_std,
         compute_time=seconds,
     )
+    if task.feature_tokens is not None:
+        exp.unit_tokens = task.feature_tokens
+    return exp
 
 
 class PrefixReuse:
@@ -164,7 +181,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
 def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | PromptParts], *,
             targets: Sequence[str | Sequence[int]] | None = None, context: Context | Sequence[Context] = None,
             method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
-            batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, max_new_tokens: int = _GEN.max_new_tokens,
+            batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens,
             stop_at_newline: bool = _GEN.stop_at_newline, chat: bool = False, progress: bool = True) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
@@ -183,6 +200,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: kernel uses ``4n + 2`` when that is less).
     batch_size: coalitions per forward pass; ``None`` picks one for the device (scoring.auto_batch_size).
+    unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
+        ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
 
     Every default is the run configuration's (:class:`shapshift.config.ExplainConfig` and
@@ -197,7 +216,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
     """
     ExplainConfig(method=method, score=score, masking=masking, max_evals=max_evals, batch_size=batch_size,
-                  seed=seed).validate()
+                  seed=seed, unit=unit).validate()
     if targets is None:
         GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
     if isinstance(texts, str | PromptParts):  # one text given alone
@@ -220,5 +239,5 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
-                       max_evals=max_evals, seed=seed) for p, e, t in zip(parts, prompts, target_ids)]
+                       max_evals=max_evals, seed=seed, unit=unit) for p, e, t in zip(parts, prompts, target_ids)]
     return explain_tasks(tasks, method, progress=progress)[0]
