@@ -197,8 +197,13 @@ class CompareConfig:
     top_fraction: float = 0.2  # also compare at k = ceil(top_fraction * n_features)
     rbo_p: float = 0.9  # persistence of rank-biased overlap
     seed: int = 0  # bootstrap seed
+    fdr: float = 0.05  # false discovery rate of the per-feature change tests (over one example's features)
+    min_change: float = 0.1  # smallest change counted, as a share of the example's largest |value|
 
     def validate(self) -> None:
+        if not 0 < self.fdr < 1 or not 0 <= self.min_change < 1:
+            raise ConfigError("compare.fdr must be in (0, 1) and compare.min_change in [0, 1).",
+                              "E.g. compare.fdr=0.05 and compare.min_change=0.1.")
         if any(k < 1 for k in self.ks):
             raise ConfigError("compare.ks must all be at least 1.")
         if not 0 < self.top_fraction <= 1 or not 0 < self.rbo_p < 1:
