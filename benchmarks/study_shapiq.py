@@ -56,8 +56,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated approximator names (without 'shapiq ')")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    rows = []
+    old = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=["table"])
+    rows = old.to_dict("records")  # tables already in the CSV are kept, not rerun
     for path in sorted(args.tables.glob("*.npz")):
+        if path.stem in set(old["table"]):
+            continue
         d = np.load(path)
         n, table, exact = int(d["n"]), d["table"].astype(np.float64), d["exact"]
         weights = 1 << np.arange(n)
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
                     })
             print(path.stem, c, {k: round(float(np.mean([r["rel_error"] for r in rows[-args.seeds * len(runs):]
                                                         if r["method"] == k])), 3) for k in runs}, flush=True)
-    pd.DataFrame(rows).to_csv(args.out, index=False)
+        pd.DataFrame(rows).to_csv(args.out, index=False)  # after every table: an interrupted run keeps its tables
     return 0
 
 

@@ -114,14 +114,15 @@ def test_quadrature_beats_kernel_at_equal_budgets_on_recorded_tables():
         assert _mean_error("kernel", per) / _mean_error("quadrature", per) > 1.5, per
 
 
+@pytest.mark.parametrize("method", ["quadrature", "kernel"])
 @pytest.mark.parametrize("per", [4, 8, 16])
-def test_standard_errors_cover_the_exact_values_on_recorded_tables(per):
+def test_standard_errors_cover_the_exact_values_on_recorded_tables(method, per):
     """95 % intervals (value ± 1.96 SE) hold the exact Shapley values 90-98 % of the time (pooled over tables)."""
     hits = []
     for path in TABLES:
         table, exact, n = recorded(path)
         for seed in range(4):
-            att = REGISTRY["quadrature"]().attribute(table_task(table, per * n + 2, seed))
+            att = REGISTRY[method]().attribute(table_task(table, per * n + 2, seed))
             hits.append((np.abs(att.values - exact) <= 1.96 * att.error_std).ravel())
     coverage = np.concatenate(hits).mean()
     assert 0.90 <= coverage <= 0.98, coverage
