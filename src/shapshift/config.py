@@ -19,7 +19,7 @@ import yaml
 
 from .errors import ConfigError
 
-EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "partition")
+EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarchical", "partition")
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
@@ -109,6 +109,10 @@ class ExplainConfig:
     ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`).
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
     ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
+    ``precision``: explain to this expected rank agreement of two independent runs (0 < p < 1; Spearman
+    of ``|value|`` summed over outputs, from the standard errors), spending evaluations in rounds up to
+    ``max_evals``; ``auto``, ``quadrature``, ``kernel`` and ``sampling``. ``None``: ``auto`` aims at its
+    device default (:func:`shapshift.explainers.api.auto_precision`), the others spend ``max_evals``.
 
     These defaults are also :func:`shapshift.explain`'s keyword defaults (one source of truth).
     """
@@ -120,6 +124,7 @@ class ExplainConfig:
     masking: str = "attention"
     target: str = "baseline"
     seed: int = 0
+    precision: float | None = None
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
     unit: str = "token"  # token | word | sentence: the features (groups of the input's tokens, masked together)
 
@@ -143,6 +148,10 @@ class ExplainConfig:
             raise ConfigError(f"explain.target={self.target!r} is unknown.", "Use baseline, own or reference.")
         if self.max_evals < 2:
             raise ConfigError("explain.max_evals must be at least 2.")
+        if self.precision is not None and not (isinstance(self.precision, int | float) and 0 < self.precision < 1):
+            raise ConfigError(f"explain.precision={self.precision!r} must be a number between 0 and 1 (exclusive).",
+                              "Use e.g. 0.95 (two runs would rank the tokens alike at Spearman 0.95), or null for "
+                              "auto's default.")
 
 
 @dataclass

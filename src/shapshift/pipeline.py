@@ -170,7 +170,8 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         if int(r.example_id) in done:
             continue
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
-                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, unit=ex.unit)
+                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
+                         unit=ex.unit)
         [exp], [stats] = explain_tasks([task], ex.method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)

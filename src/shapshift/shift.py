@@ -19,7 +19,7 @@ aggregated over the generated tokens (``sum``, or ``mean_abs``) and its standard
   one feature did.
 * Reliability of an explanation: the expected Spearman correlation of ``|value|`` between two
   independent runs of its estimator, simulated from its values and standard errors (1 for exact
-  values). The agreement of two conditions corrected for attenuation (Spearman 1904) is their
+  values) — the same precision the estimators run to. The agreement of two conditions corrected for attenuation (Spearman 1904) is their
   observed Spearman divided by ``sqrt(rel_a * rel_b)``, clipped to [-1, 1]: the agreement that
   noise-free explanations would show.
 """
@@ -42,8 +42,6 @@ CHANGE_COLUMNS = ["example_id", "condition_a", "condition_b", "in_pos", "in_toke
 #: Columns of the per-example table (``04_verdicts.parquet``).
 VERDICT_COLUMNS = ["example_id", "condition_a", "condition_b", "n_features", "changed", "n_changed", "top_moved",
                    "spearman", "reliability_a", "reliability_b", "spearman_corrected"]
-#: Simulated pairs of runs behind one reliability.
-N_SIM = 200
 
 
 def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
@@ -64,21 +62,15 @@ def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.nda
     raise ValueError(f"aggregate how={how!r} is not 'sum' or 'mean_abs'.")
 
 
-def reliability(values: np.ndarray, se: np.ndarray, *, n_sim: int = N_SIM, seed: int = 0) -> float:
-    """Expected Spearman ρ of ``|value|`` between two independent estimates with these standard errors.
+def reliability(values: np.ndarray, se: np.ndarray, *, seed: int = 0) -> float:
+    """Expected Spearman ρ of ``|value|`` between two independent estimates with these standard errors, ``(n,)`` each.
 
-    Two runs are simulated as ``values + se * N(0, 1)`` each; 1.0 when every ``se`` is 0; NaN for fewer
-    than two features.
+    The precision the estimators run to (:func:`shapshift.explainers.precision.expected_rank_agreement`):
+    1.0 when every ``se`` is 0.
     """
-    values, se = np.asarray(values, float), np.asarray(se, float)
-    if values.size < 2:
-        return math.nan
-    if not np.any(se > 0):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    draws = values + se * rng.standard_normal((2, n_sim, values.size))
-    rhos = [ov.spearman(x, y) for x, y in zip(draws[0], draws[1])]
-    return float(np.nanmean(rhos)) if np.isfinite(rhos).any() else math.nan
+    from .explainers.precision import expected_rank_agreement
+
+    return expected_rank_agreement(np.asarray(values, float)[:, None], np.asarray(se, float)[:, None], seed=seed)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ class ExplainTask:
     batch_size: int | None = None  # None: chosen for the device (scoring.auto_batch_size)
     max_evals: int = 512
     seed: int = 0
+    precision: float | None = None  # explain to this expected rerun rank agreement (explainers.precision)
     use_cache: bool = True
     options: dict = field(default_factory=dict)
     prefix_cache: Any = None  # the prefix's key/value cache from an earlier task with the same model and prefix
