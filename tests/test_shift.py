@@ -152,3 +152,44 @@ def test_the_planted_change_is_detected_on_the_planted_word(run_folder):
     summary = pd.read_csv(store.path(VERDICT_SUMMARY_FILE)).set_index("condition_b")
     assert summary.loc["finetuned", "n_changed"] == len(TEXTS)
     assert f"in {len(TEXTS)} of {len(TEXTS)} examples" in summary.loc["finetuned", "sentence"]
+
+
+class Recorder:
+    """A scorer that remembers every coalition it was asked to score, in order."""
+
+    def __init__(self, inner):
+        self.inner, self.masks = inner, []
+
+    def __call__(self, masks):
+        self.masks.extend(np.asarray(masks, bool).tolist())
+        return self.inner(masks)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("method", ["auto", "quadrature", "kernel", "sampling"])
+def test_conditions_share_their_coalitions(method):
+    """Common random numbers: two different models (two conditions) explained with one seed are asked about the
+    same coalitions in the same order (an adaptive run may ask more of one: the shared part is identical);
+    another seed asks about others."""
+    from test_scorer_reference import tiny
+
+    from shapshift.explainers import explain_tasks, make_task
+    from shapshift.prompting import build_prompt
+
+    (model_a, tok), (model_b, _) = tiny("gpt2"), tiny("llama")
+    parts = build_prompt("A film with a great cast, but far too slow and long.", "Review:{input}\nSentiment:", tok)
+    target = tok(" good", add_special_tokens=False)["input_ids"]
+
+    def coalitions(model, seed):
+        task = make_task(model, tok, parts, target, max_evals=60, seed=seed, precision=0.99 if method == "auto" else None)
+        recorder = Recorder(task.scorer)
+        task.__dict__["scorer"] = recorder
+        explain_tasks([task], method, progress=False)
+        return recorder.masks
+
+    a, b, other = coalitions(model_a, 0), coalitions(model_b, 0), coalitions(model_a, 1)
+    shared = min(len(a), len(b))
+    assert shared >= 20 and a[:shared] == b[:shared]
+    assert a[:shared] != other[:shared]
