@@ -163,7 +163,7 @@ def verdict_sentence(row: dict[str, Any]) -> str:
     head = (f"{b} changed what the model relies on in {k} of {n} examples beyond the estimator's noise"
             if k else f"{b} did not change what the model relies on beyond the estimator's noise in any of {n} examples")
     agree = row["spearman_corrected"]
-    tail = (f"; its token rankings agree with {a}'s at Spearman {row['spearman']:.2f} "
+    tail = (f"; its importance rankings agree with {a}'s at Spearman {row['spearman']:.2f} "
             f"({agree:.2f} corrected for estimator noise, {_interval(row['corrected_ci_low'], row['corrected_ci_high'])})"
             if np.isfinite(agree) else "")
     return f"{head} (share {row['share_changed']:.2f}, {_interval(row['share_ci_low'], row['share_ci_high'])}){tail}."
