@@ -144,8 +144,13 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
         raise DataError(f"No example of {cfg.source} is left after preprocessing.",
                         "Raise data.max_input_tokens or set data.on_too_long=truncate.")
     out = pd.DataFrame(rows)
+    if cfg.n_explain > len(out):
+        raise DataError(f"data.n_explain={cfg.n_explain}, but only {len(out)} example(s) of {cfg.source} are usable "
+                        f"({report.n_rows} rows before skipping empty or too long inputs and applying data.max_rows).",
+                        f"Set data.n_explain to at most {len(out)} (and leave some rows for training and few-shot "
+                        "demonstrations), or use a larger dataset.")
     rng = np.random.default_rng(cfg.seed)
-    n_explain = min(cfg.n_explain, len(out))
+    n_explain = cfg.n_explain
     explain_idx = set(rng.choice(len(out), size=n_explain, replace=False).tolist())
     out["split"] = ["explain" if i in explain_idx else "train" for i in range(len(out))]
     out = out[DATASET_COLUMNS]

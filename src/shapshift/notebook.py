@@ -410,9 +410,9 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
     """Run one pipeline stage for the notebook; its results go to the run folder (shown by the cells below).
 
     With ``resume``, a stage that already finished under the same settings (its artifacts intact)
-    is skipped, and an interrupted one keeps the examples it had explained. A stage that finished
-    under other settings is run afresh, which also deletes the later stages' results: a run folder
-    never mixes results of different settings.
+    is skipped, and an interrupted one keeps the examples it had explained. A stage redone (other
+    settings, or ``resume`` off) removes the later stages' results made from its old output, and
+    the log lists them: a run folder never mixes results of different settings.
     """
     from . import pipeline
 
@@ -420,14 +420,12 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
         raise ConfigError(f"Unknown stage {stage!r}.", f"Use one of {', '.join(STAGES)}.")
     require_inputs(cfg, stage)
     store = RunStore(cfg.run_dir)
-    if resume and pipeline.stage_done(store, cfg, stage):
+    ok, why = pipeline.stage_status(store, cfg, stage)
+    if resume and ok:
         print(f"Stage '{stage}' already finished with these settings in {cfg.run_dir}: its results are reused "
               "(set resume to False in the form to compute them again).")
         return
-    last = store.manifest().get("stages", {}).get(stage, {})
-    if resume and last.get("fingerprint") not in (None, pipeline.stage_fingerprint(cfg, stage)):
-        print(f"Stage '{stage}' last ran with other settings: running it afresh (later stages' results are removed).")
-        resume = False
+    print(f"Stage '{stage}': running ({why if resume else 'resume is off: starting over'}).")
     start = time.perf_counter()
     if stage == "compare":
         pipeline.compare_stage(cfg)
@@ -437,14 +435,7 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
             pipeline.preprocess_stage(cfg, tokenizer)
         else:
             fn = pipeline.explain_stage if stage == "explain" else pipeline.adapt_stage
-            try:
-                fn(cfg, model, tokenizer, resume=resume)
-            except ArtifactError as exc:
-                # unfinished results of other settings cannot be resumed (store.ExampleCheckpoint): start fresh
-                if not (resume and "cannot be resumed" in exc.problem):
-                    raise
-                print("The unfinished results in the run folder were made with other settings; starting this stage afresh.")
-                fn(cfg, model, tokenizer, resume=False)
+            fn(cfg, model, tokenizer, resume=resume)
     print(f"Stage '{stage}' finished in {time.perf_counter() - start:.0f} s; results in {cfg.run_dir}.")
 
 

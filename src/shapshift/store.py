@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import platform
@@ -27,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: Columns of the long explanation table (one row per example × output token × input token).
@@ -273,15 +276,19 @@ class ExampleCheckpoint:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def start(self, resume: bool) -> dict[int, tuple[Any, dict]]:
-        """The examples already done (when resuming under the same fingerprint); else a fresh folder."""
+        """The examples already done (when resuming under the same fingerprint); else a fresh folder.
+
+        Unfinished results made under another fingerprint are discarded (and the log says so): they
+        can never be mixed into this configuration's results.
+        """
         if resume and self.dir.exists():
             found = self._fp_file().read_text().strip() if self._fp_file().exists() else None
-            if found != self.fingerprint:
-                raise ArtifactError(
-                    f"The unfinished results in {self.dir} were made with a different configuration "
-                    f"(fingerprint {found}, now {self.fingerprint}); they cannot be resumed into this run.",
-                    "Run again without --resume to start this stage fresh (its unfinished results are then discarded).")
-            return self.load()
+            if found == self.fingerprint:
+                return self.load()
+            n = len(list(self.dir.glob("example-*.npz")))
+            if n:
+                log.info("%s: %d unfinished example(s) were made with other settings (fingerprint %s, now %s); "
+                         "they are discarded and this stage starts afresh", self.dir, n, found, self.fingerprint)
         self.clear()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self._fp_file(), self.fingerprint.encode())
