@@ -291,3 +291,34 @@ def test_unfinished_results_of_other_settings_are_discarded(tmp_path, caplog):
     assert ExampleCheckpoint(tmp_path / ".partial" / "x", "fingerprint-b").start(resume=True) == {}
     assert "1 unfinished example(s) were made with other settings" in caplog.text
     assert not (ckpt.dir / "example-3.npz").exists()
+
+
+def test_explained_logprob_is_that_of_the_explained_text(tmp_path):
+    """Item 3: with explain.target=reference, 02_generations' explained_logprob is the log-prob of the
+    reference (not of the model's own output): equal to a direct forward pass, and to base value + Σ
+    values of an exact log_prob explanation; 03_generations likewise per condition."""
+    import torch
+
+    from shapshift import load_model
+
+    cfg = tiny_config(tmp_path, explain__target="reference", explain__score="log_prob", explain__method="exact",
+                      explain__noise_floor=False, data__max_input_tokens=6, adapt__conditions=["zero_shot"])
+    run(cfg, ("preprocess", "explain", "adapt"))
+    gens = pd.read_parquet(cfg.run_dir / "02_generations.parquet")
+    data = pd.read_parquet(cfg.run_dir / "01_dataset.parquet").set_index("example_id")
+    model, tok = load_model("tiny-gpt-neo")
+    ids, exps = load_condition(cfg.run_dir, "baseline")
+    by_id = dict(zip(ids, exps))
+    for r in gens.itertuples():
+        ref = tok(data.loc[r.example_id, "target_text"], add_special_tokens=False)["input_ids"]
+        assert list(r.explained_ids) == ref
+        prompt = tok(data.loc[r.example_id, "prompt_text"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ref])).logits[0].log_softmax(-1)
+        direct = sum(float(logits[len(prompt) - 1 + j, t]) for j, t in enumerate(ref))
+        assert r.explained_logprob == pytest.approx(direct, abs=1e-4)
+        exp = by_id[r.example_id]
+        efficiency = float(np.sum(exp.base_values) + np.sum(exp.values))
+        assert r.explained_logprob == pytest.approx(efficiency, abs=1e-4)
+    cond = pd.read_parquet(cfg.run_dir / "03_generations.parquet")
+    assert [list(x) for x in cond["explained_ids"]] == [list(x) for x in gens["explained_ids"]]

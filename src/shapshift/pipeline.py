@@ -303,15 +303,15 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         invalidate_from(store, "explain", because="explain starts afresh", partial=True)
     invalidate_from(store, "adapt", because="explain is redone")
     with store.timed("explain", **stage_record(cfg, "explain")) as info:
-        gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg)
+        reference = None
         if cfg.explain.target == "reference":
-            targets = reference_targets(tokenizer, rows, parts)
-            if any(t is None or not t for t in targets):
+            reference = reference_targets(tokenizer, rows, parts)
+            if any(t is None or not t for t in reference):
                 raise DataError("explain.target is 'reference' but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
-        else:
-            targets = [list(g) for g in gens["generated_ids"]]
-        gens["explained_ids"] = targets
+        # explained_logprob is the log-prob of the text explained (the reference when there is one)
+        gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg, explained=reference)
+        targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
         exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline",
                                          cfg.explain.seed, resume)
