@@ -200,7 +200,7 @@ def test_corrupted_artifact_is_detected(finished_run, tmp_path):
         RunStore(copy).read_parquet("02_baseline.parquet")
 
 
-def test_tampered_pickle_is_refused_and_parquet_used(finished_run, tmp_path):
+def test_tampered_pickle_is_refused_and_never_loaded(finished_run, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
@@ -208,10 +208,31 @@ def test_tampered_pickle_is_refused_and_parquet_used(finished_run, tmp_path):
     marker = tmp_path / "pwned"
     evil = pickle.dumps(type("Evil", (), {"__reduce__": lambda self: (os.system, (f"touch {marker}",))})())
     (copy / "02_baseline.pkl").write_bytes(evil)
-    ids, exps = load_explanations(RunStore(copy), "02_baseline")
+    with pytest.raises(ArtifactError, match="02_baseline.pkl"):
+        load_explanations(RunStore(copy), "02_baseline")
     assert not marker.exists()
-    ref_ids, ref = load_condition(finished_run.run_dir, "baseline")
-    assert ids == ref_ids and np.array_equal(exps[0].values, ref[0].values)
+
+
+def test_damaged_parquet_is_caught_whichever_file_is_read(finished_run, tmp_path):
+    """Item 5: three flipped bytes in 02_baseline.parquet stop the read of the baseline (whose pickle is
+    intact) and `shapshift compare`, with a message that names the file."""
+    import shutil
+
+    copy = tmp_path / finished_run.name
+    shutil.copytree(finished_run.run_dir, copy)
+    path = copy / "02_baseline.parquet"
+    data = bytearray(path.read_bytes())
+    for i in (len(data) // 3, len(data) // 2, 2 * len(data) // 3):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="02_baseline.parquet"):
+        load_condition(copy, "baseline")
+    cfg = _copy_run(finished_run, tmp_path / "cli")
+    shutil.copy(path, cfg.run_dir / "02_baseline.parquet")
+    done = subprocess.run([sys.executable, "-m", "shapshift.cli", "compare", "--config", str(_yaml(cfg, tmp_path))],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "02_baseline.parquet does not match the sha256" in " ".join(done.stderr.split())
 
 
 def test_same_config_gives_identical_artifacts(finished_run, tmp_path):

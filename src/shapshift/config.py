@@ -24,6 +24,8 @@ EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "parti
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: The unit of a SHAP value (and of the base value) under each score, as reports and figures name it.
+SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")

@@ -583,7 +583,7 @@ def text_plots_html(run_dir: str | os.PathLike, conditions: Sequence[str] | None
         available_conditions,
         load_condition,
     )
-    from .report import LABELS, text_plot_html
+    from .report import LABELS, score_unit, text_plot_html
 
     store = RunStore(run_dir)
     found = [c for c in available_conditions(store) if c != NOISE_FLOOR]
@@ -612,7 +612,7 @@ def text_plots_html(run_dir: str | os.PathLike, conditions: Sequence[str] | None
                if full else "one plot per condition of the values summed over the generated tokens")
         parts.append(f"<h3>Example {ex_id}</h3><p class='ss-note'>Explained output: <b>{html.escape(repr(out_text))}</b>"
                      f"{'' if ref is None else f' (reference: {html.escape(repr(ref))})'}. Red tokens raise the "
-                     f"log-odds of the output, blue lower it; {how}. Full colour at |value| = "
+                     f"{score_unit(store)} of the output, blue lower it; {how}. Full colour at |value| = "
                      f"{0 if cmax is None else cmax:.3g}.</p>")
         for c, e in exps.items():
             parts.append(f"<div class='ss-cond'><h4>{html.escape(LABELS.get(c, c))}</h4>"

@@ -165,8 +165,8 @@ def stage_status(store: RunStore, cfg: RunConfig, stage: str) -> tuple[bool, str
     if not info.get("complete"):
         return False, "it did not finish last time (the examples it had finished are kept)"
     recorded = store.manifest().get("artifacts", {})
-    try:
-        for name in STAGE_ARTIFACTS[stage]:
+    try:  # its own artifacts and its inputs (the earlier stages' artifacts)
+        for name in [n for st in STAGES[: STAGES.index(stage) + 1] for n in STAGE_ARTIFACTS[st]]:
             if name in recorded:
                 store.verify(name)
     except ArtifactError as exc:
@@ -407,10 +407,13 @@ def _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume):
     if resume and summary_file.exists():
         summary = json.loads(store.verify("03_finetune.json").read_text())
         if summary.get("fingerprint") == fingerprint:
+            for name in [n for n in store.manifest().get("artifacts", {}) if n.startswith("adapters/")]:
+                store.verify(name)
             info.update(task_metric_before=summary["before"], task_metric_after=summary["after"], reloaded=True)
             return load_finetuned(model, store.path("adapters"), cfg.adapt.finetune)
     before = evaluate_task(model, tokenizer, rows, labels=labels)
     result = finetune(model, tokenizer, train, cfg.adapt.finetune, seed=cfg.data.seed, out_dir=store.path("adapters"))
+    store.record(*sorted(str(p.relative_to(store.dir)) for p in store.path("adapters").rglob("*") if p.is_file()))
     after = evaluate_task(result.model, tokenizer, rows, labels=labels)
     summary = {"before": before, "after": after, "losses": result.losses, "steps": result.steps,
                "seconds": result.seconds, "method": cfg.adapt.finetune.method, "fingerprint": fingerprint,

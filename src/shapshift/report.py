@@ -47,7 +47,7 @@ from .compare import (  # noqa: E402
     available_conditions,
     load_condition,
 )
-from .config import CompareConfig  # noqa: E402
+from .config import SCORE_UNITS, CompareConfig  # noqa: E402
 from .errors import ArtifactError  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
@@ -69,6 +69,12 @@ METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank a
 _NP_REPR = re.compile(r"np\.(?:float|int|uint)\d*\(([^()]*)\)")
 #: A CSS colour as shap writes it: ``rgba(r, g, b, a)`` with plain numbers.
 RGBA = re.compile(r"rgba\(\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.eE+-]+\s*\)")
+
+
+def score_unit(store: RunStore) -> str:
+    """The unit of the run's SHAP values (``explain.score`` in the manifest; log-odds when unrecorded)."""
+    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", "log_odds")
+    return SCORE_UNITS.get(score, str(score))
 
 
 def _label(condition: str) -> str:
@@ -234,7 +240,7 @@ def _token_label(tok: Any, pos: int) -> str:
 
 
 def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: RunStore, *, how: str = "sum",
-                        max_tokens: int = 30) -> Path:
+                        max_tokens: int = 30, unit: str | None = None) -> Path:
     """``example_<id>_tokens.png``: aggregated value per input token (rows) per condition (bars).
 
     ``explanations``: ``{condition: shap.Explanation}`` of one example. Inputs longer than
@@ -258,8 +264,8 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     ax.set_yticks(y, [_token_label(tokens[p], int(p)) for p in keep], fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
-    unit = "sum over generated tokens" if how == "sum" else "mean |value| over generated tokens"
-    ax.set_xlabel(f"SHAP value ({unit}; score units, e.g. log-odds)")
+    how_label = "sum over generated tokens" if how == "sum" else "mean |value| over generated tokens"
+    ax.set_xlabel(f"SHAP value ({unit or score_unit(store)}, {how_label})")
     ax.set_ylabel("input token (position: text)")
     names = getattr(explanations[conds[0]], "output_names", None)
     outs = "".join(map(str, [] if names is None else names))
@@ -369,7 +375,7 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px} .muted{color
 
 _HOW_TO_READ = """
 <p>Each explanation gives every <b>input token</b> of an example a SHAP value per <b>generated token</b>:
-how much that input token moves the model's score (log-odds by default) of the generated token,
+how much that input token moves the model's score of the generated token (here its <b>{unit}</b>),
 relative to the fully masked input. The same features (the tokens of the example's own input) are
 explained under every condition, so the explanations can be compared feature by feature.</p>
 <ul>
@@ -444,7 +450,8 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 TEXT_PLOT_MAX_CELLS = 160
 
 
-def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str, Path], how: str) -> str:
+def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str, Path], how: str,
+                   unit: str = "log-odds") -> str:
     parts = []
     for ex_id, exps in examples:
         conds = [c for c in CONDITION_STEMS if c in exps]
@@ -454,13 +461,13 @@ def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str
         cmax = max(float(np.max(v)) if v.size else 0.0 for v in scale) or None
         cells = "".join(f"<div class=cond><h4>{html.escape(_label(c))}</h4>"
                         f"{text_plot_html(exps[c], cmax=cmax, how=None if full else how)}</div>" for c in conds)
-        what = ("hover or click a generated token (top) to see the attribution of its log-odds"
+        what = (f"hover or click a generated token (top) to see the attribution of its {unit}"
                 if full else f"values aggregated over the generated tokens ({how}); the input is too long for "
                              f"per-token plots (more than {TEXT_PLOT_MAX_CELLS} token pairs)")
         fig = figures.get(f"example_{ex_id}_tokens")
         parts.append(f"<h3>Example {ex_id}</h3>"
                      f"<p class=muted>SHAP text plots: {what}. One colour scale per example (|value| = "
-                     f"{_fmt(cmax)} is full colour); red raises the score, blue lowers it.</p>"
+                     f"{_fmt(cmax)} {unit} is full colour); red raises the score, blue lowers it.</p>"
                      f"<div class=grid>{cells}</div>" + (_img(fig, f"example {ex_id} tokens") if fig else ""))
     return "".join(parts)
 
@@ -477,6 +484,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
     examples = examples_to_plot(run_dir, cfg)
     figures = make_figures(run_dir, cfg, examples)
     man = store.manifest()
+    unit = score_unit(store)
     notes = man.get("stages", {}).get(STAGE, {}).get("notes", [])
     config = man.get("config") or {"compare": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     versions = man.get("versions") or man.get("packages") or {}
@@ -489,13 +497,13 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
 <p class=muted>Generated {datetime.now(timezone.utc).isoformat(timespec="seconds")} from <code>{html.escape(str(store.dir))}</code>.
 Aggregation over generated tokens: <b>{html.escape(cfg.aggregate)}</b>; bootstrap resamples: {cfg.n_bootstrap}.</p>
 {"".join(f'<div class=note>{html.escape(n)}</div>' for n in notes)}
-<h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}")}
+<h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}").replace("{unit}", unit)}
 <h2>Headline: agreement with the baseline</h2>
 {summary_table_html(headline(summary))}
 <h2>Overlap@k</h2>{_img(figures["overlap_at_k"], "overlap at k")}
 <h2>Conditions against each other</h2>{_img(figures["overlap_heatmap"], "overlap heatmap")}
 <h2>Per-example distributions</h2>{_img(figures["per_example"], "per-example distributions")}
-<h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate)}
+<h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate, unit)}
 <h2>All metrics</h2>
 <details><summary>Every condition pair × scope × metric × k ({len(summary)} rows; also in <code>{SUMMARY_FILE}</code>)</summary>
 {summary_table_html(summary)}</details>

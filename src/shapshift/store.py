@@ -241,18 +241,21 @@ def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], e
 def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False) -> tuple[list[int], list[Any]]:
     """The stored explanations of one condition.
 
-    The pickle is read only when its sha256 matches the manifest (loading a pickle runs code) or
-    ``trust_pickle`` is set; otherwise they are rebuilt from the Parquet table.
+    Both files of the condition (``<stem>.pkl`` and ``<stem>.parquet``) are checked against their
+    sha256 in the manifest before anything is read, whichever of them is then used: a damaged or
+    edited file stops the read with an :class:`ArtifactError` that names it (a pickle that fails the
+    check is never loaded: loading a pickle runs code). ``trust_pickle`` skips the pickle's check.
+    The pickle is read when present, else the explanations are rebuilt from the Parquet table.
     """
-    pkl = store.path(f"{stem}.pkl")
-    if pkl.exists():
-        try:
-            path = pkl if trust_pickle else store.verify(f"{stem}.pkl")
-            payload = pickle.loads(path.read_bytes())
-            return payload["example_ids"], payload["explanations"]
-        except ArtifactError:
-            pass  # fall back to the Parquet table, which is checked in turn
-    return frame_to_explanations(store.read_parquet(f"{stem}.parquet"))
+    pkl, table = f"{stem}.pkl", f"{stem}.parquet"
+    recorded = store.manifest().get("artifacts", {})
+    for name in (pkl, table):
+        if (name in recorded or store.path(name).exists()) and not (trust_pickle and name == pkl):
+            store.verify(name)
+    if store.path(pkl).exists():
+        payload = pickle.loads(store.path(pkl).read_bytes())
+        return payload["example_ids"], payload["explanations"]
+    return frame_to_explanations(store.read_parquet(table))
 
 
 # -- per-example checkpoints (resume) ---------------------------------------------------------------
