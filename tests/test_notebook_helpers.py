@@ -216,6 +216,9 @@ def run(tmp_path):
                 "after": {"accuracy": 1.0, "mean_target_logprob": -0.5, "n_rows": 3},
                 "losses": [2.0, 1.5, 1.0], "steps": 3, "seconds": 1.2, "method": "lora"}, store.path("03_finetune.json"))
     store.record("03_finetune.json")
+    from shapshift.pipeline import stage_record
+
+    store.update_manifest(stages={s: {**stage_record(cfg, s), "complete": True} for s in ("preprocess", "explain", "adapt")})
     return cfg
 
 
@@ -286,7 +289,8 @@ def test_compare_stage_and_its_displays(run, capsys, monkeypatch):
     head = next(iter(tables.values()))
     assert {"zero-shot", "fine-tuned"} <= set(head["condition"]) and "top-k overlap" in set(head["metric"])
     names = [p.name for p in nb.figure_paths(run.run_dir)]
-    assert names[:3] == ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png"] and len(names) == 5
+    assert names[:4] == ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
+    assert names[4:] == ["example_4_tokens.png", "example_9_tokens.png"]
     link = nb.report_link(run.run_dir, colab=False).data
     assert "report.html" in link and "MB" in link
     drive = nb.report_link(run.run_dir, colab=True).data
@@ -324,3 +328,13 @@ def test_run_stage_starts_afresh_when_the_settings_changed(run, monkeypatch, cap
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": pipeline.stage_fingerprint(run, "adapt")}})
     nb.run_stage(run, "adapt", resume=True)  # interrupted under the same settings: resumed
     assert calls == [True, True] and "did not finish last time" in capsys.readouterr().out
+
+
+def test_figures_come_in_numeric_example_order(tmp_path):
+    """Item 6: example_2 before example_10 (not the string order)."""
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    for name in ("example_10_tokens.png", "example_2_tokens.png", "overlap_at_k.png", "example_1_tokens.png"):
+        (folder / name).write_bytes(b"png")
+    assert [p.name for p in nb.figure_paths(tmp_path)] == [
+        "overlap_at_k.png", "example_1_tokens.png", "example_2_tokens.png", "example_10_tokens.png"]

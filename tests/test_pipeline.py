@@ -314,7 +314,17 @@ def test_unfinished_results_of_other_settings_are_discarded(tmp_path, caplog):
     assert not (ckpt.dir / "example-3.npz").exists()
 
 
-def test_explained_logprob_is_that_of_the_explained_text(tmp_path):
+@pytest.fixture(scope="module")
+def logprob_run(tmp_path_factory):
+    """A finished run that explains the reference under log_prob with exact Shapley values, few-shot left out."""
+    cfg = tiny_config(tmp_path_factory.mktemp("logprob"), explain__target="reference", explain__score="log_prob",
+                      explain__method="exact", explain__noise_floor=False, data__max_input_tokens=6,
+                      adapt__conditions=["zero_shot", "finetuned"], compare__n_plot_examples=3)
+    run(cfg)
+    return cfg
+
+
+def test_explained_logprob_is_that_of_the_explained_text(logprob_run):
     """Item 3: with explain.target=reference, 02_generations' explained_logprob is the log-prob of the
     reference (not of the model's own output): equal to a direct forward pass, and to base value + Σ
     values of an exact log_prob explanation; 03_generations likewise per condition."""
@@ -322,9 +332,7 @@ def test_explained_logprob_is_that_of_the_explained_text(tmp_path):
 
     from shapshift import load_model
 
-    cfg = tiny_config(tmp_path, explain__target="reference", explain__score="log_prob", explain__method="exact",
-                      explain__noise_floor=False, data__max_input_tokens=6, adapt__conditions=["zero_shot"])
-    run(cfg, ("preprocess", "explain", "adapt"))
+    cfg = logprob_run
     gens = pd.read_parquet(cfg.run_dir / "02_generations.parquet")
     data = pd.read_parquet(cfg.run_dir / "01_dataset.parquet").set_index("example_id")
     model, tok = load_model("tiny-gpt-neo")
@@ -342,4 +350,72 @@ def test_explained_logprob_is_that_of_the_explained_text(tmp_path):
         efficiency = float(np.sum(exp.base_values) + np.sum(exp.values))
         assert r.explained_logprob == pytest.approx(efficiency, abs=1e-4)
     cond = pd.read_parquet(cfg.run_dir / "03_generations.parquet")
-    assert [list(x) for x in cond["explained_ids"]] == [list(x) for x in gens["explained_ids"]]
+    for _, g in cond.groupby("condition"):
+        assert [list(x) for x in g["explained_ids"]] == [list(x) for x in gens["explained_ids"]]
+
+
+def _png_text(path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.text.get("Description", "")
+
+
+def test_units_follow_the_score(logprob_run, finished_run):
+    """Item 4: under explain.score=log_prob the report and figures say log-probability, never log-odds."""
+    text = (logprob_run.run_dir / "report.html").read_text()
+    assert "log-probability" in text and "log-odds" not in text
+    figure = sorted((logprob_run.run_dir / "figures").glob("example_*_tokens.png"))[0]
+    assert "SHAP value (log-probability" in _png_text(figure)
+    assert "log-odds" in (finished_run.run_dir / "report.html").read_text()
+    figure = sorted((finished_run.run_dir / "figures").glob("example_*_tokens.png"))[0]
+    assert "SHAP value (log-odds" in _png_text(figure)
+
+
+def test_report_shows_what_the_model_did(logprob_run):
+    """Item 6: per condition the generations, label matches, mean log p of the explained text (the
+    numbers of the generations tables), warnings when it is improbable, the fine-tuning loss and metric."""
+    import html as html_mod
+
+    from shapshift.report import REPORT_FILE
+
+    store = RunStore(logprob_run.run_dir)
+    text = (logprob_run.run_dir / REPORT_FILE).read_text()
+    assert "<h2>What the model did</h2>" in text
+    gens = pd.concat([store.read_parquet("02_generations.parquet"), store.read_parquet("03_generations.parquet")])
+    for cond, label in (("baseline", "baseline"), ("zero_shot", "zero-shot"), ("finetuned", "fine-tuned")):
+        g = gens[gens["condition"] == cond]
+        row = (f"<tr><td class=l>{label}</td><td>{len(g)}</td><td>{int(g['label_match'].sum())} / {len(g)}</td>"
+               f"<td>{g['explained_logprob'].mean():.2f}</td>")
+        assert row in text, row
+        for generated in g["generated_text"]:
+            assert html_mod.escape(repr(generated)) in text
+    # a random tiny model gives the reference a tiny probability: the report says so at the top
+    assert text.index("the explained text is improbable") < text.index("<h2>What the model did</h2>")
+    record = json.loads(store.verify("03_finetune.json").read_text())
+    assert "<th class=l>task metric</th><th>before</th><th>after</th>" in text
+    assert f"<td>{record['before']['mean_target_logprob']:.3f}</td><td>{record['after']['mean_target_logprob']:.3f}</td>" in text
+    assert "fine-tuning loss" in text and "training loss" in _png_text(logprob_run.run_dir / "figures" / "finetune_loss.png")
+    # few-shot was left out on purpose (adapt.conditions): no banner says it is missing (item 8)
+    assert "Conditions without explanations" not in text
+
+
+def test_bar_charts_carry_the_estimators_error_bars(tmp_path):
+    """Item 6: the per-token bars show ±1 standard error from error_std, aggregated over the generated
+    tokens as independent errors (checked against a direct computation); no bars without error_std."""
+    import shap
+
+    from shapshift.report import aggregate_error, plot_example_tokens
+
+    rng = np.random.default_rng(0)
+    values, err = rng.normal(size=(6, 3)), rng.uniform(0.01, 0.3, size=(6, 3))
+    exp = shap.Explanation(values=values, base_values=np.zeros(3), data=np.array(list("abcdef"), dtype=object),
+                           output_names=["x", "y", "z"], error_std=err)
+    expected = [np.sqrt(sum(err[i, j] ** 2 for j in range(3))) for i in range(6)]
+    np.testing.assert_allclose(aggregate_error(exp, "sum"), expected)
+    np.testing.assert_allclose(aggregate_error(exp, "mean_abs"), np.asarray(expected) / 3)
+    store = RunStore(tmp_path)
+    assert "±1 standard error" in _png_text(plot_example_tokens({"baseline": exp}, 1, store))
+    exact = shap.Explanation(values=values, base_values=np.zeros(3), data=exp.data, output_names=exp.output_names)
+    assert aggregate_error(exact) is None
+    assert "standard error" not in _png_text(plot_example_tokens({"baseline": exact}, 2, store))

@@ -720,9 +720,14 @@ def overlap_tables(run_dir: str | os.PathLike) -> dict[str, Any]:
 def figure_paths(run_dir: str | os.PathLike) -> list[Path]:
     """The stage-4 figures: overlap@k, heatmap, per-example distributions, then one per plotted example."""
     folder = Path(run_dir) / "figures"
-    first = ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png"]
-    found = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    first = ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
+    found = sorted(folder.glob("*.png"), key=figure_order) if folder.is_dir() else []
     return [folder / n for n in first if (folder / n).exists()] + [p for p in found if p.name not in first]
+
+
+def figure_order(path: Path) -> tuple:
+    """Sort key of figure files: numbers in the name compare as numbers (example_2 before example_10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name))
 
 
 FIGURE_CAPTIONS = {
@@ -730,6 +735,7 @@ FIGURE_CAPTIONS = {
                         "a share of the input). Above the noise floor = no more change than estimator noise.",
     "overlap_heatmap.png": "Mean top-k overlap between every pair of conditions.",
     "per_example.png": "The spread over examples of a few agreement metrics per condition.",
+    "finetune_loss.png": "The fine-tuning loss per optimizer step.",
 }
 
 
