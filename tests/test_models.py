@@ -47,3 +47,30 @@ def test_random_gpt_neo_125m_has_the_published_shape():
     with torch.no_grad():
         logits = model(**tok("a fine film", return_tensors="pt")).logits
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+
+
+def test_unknown_model_offline_fails_fast_and_says_so(tmp_path):
+    """Item 8: offline, an unknown hub name fails within seconds with "offline, not found locally"
+    (both with HF_HUB_OFFLINE set and without it, on a machine that cannot reach the hub)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from shapshift.models import hub_reachable
+
+    if hub_reachable(timeout=2.0) and not os.environ.get("HF_HUB_OFFLINE"):
+        pytest.skip("the hub is reachable here: the offline path cannot be exercised")
+    code = ("import shapshift, sys\n"
+            "try:\n    shapshift.load_model('no-such-org/no-such-model')\n"
+            "except shapshift.ShapshiftError as e:\n    print(e.message)\n")
+    for offline in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        if offline:
+            env["HF_HUB_OFFLINE"] = offline
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                              cwd=tmp_path)
+        seconds = time.perf_counter() - start
+        assert "offline, not found locally" in " ".join(done.stdout.split()), done.stdout + done.stderr[-2000:]
+        assert seconds < 20, f"took {seconds:.0f} s (HF_HUB_OFFLINE={offline})"

@@ -419,3 +419,23 @@ def test_bar_charts_carry_the_estimators_error_bars(tmp_path):
     exact = shap.Explanation(values=values, base_values=np.zeros(3), data=exp.data, output_names=exp.output_names)
     assert aggregate_error(exact) is None
     assert "standard error" not in _png_text(plot_example_tokens({"baseline": exact}, 2, store))
+
+
+def test_artifacts_honour_the_umask(finished_run, tmp_path):
+    """Item 8: artifacts get the mode an ordinary open() gives (0644 under umask 022), not mkstemp's 0600:
+    every file of a finished run (adapters and figures included), and a write under another umask."""
+    import stat
+
+    from shapshift.store import atomic_write_bytes, current_umask
+
+    mask = current_umask()
+    for path in finished_run.run_dir.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~mask or path.name == finished_run.name, (path, oct(mode))
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "a.json", b"{}").stat().st_mode) == 0o644
+        os.umask(0o027)
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "b.json", b"{}").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

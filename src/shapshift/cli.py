@@ -75,6 +75,8 @@ def _explain_text(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: cannot write a {out.suffix or 'extension-less'} file.",
                           "Name it .html (" + EXPLAIN_TEXT_OUTPUTS[".html"] + ") or .pkl ("
                           + EXPLAIN_TEXT_OUTPUTS[".pkl"] + ").")
+    if args.target is None:  # refuse a bad generation setting before the model is loaded
+        GenerationConfig(max_new_tokens=args.max_new_tokens).validate()
     model, tokenizer = load_model(args.model)
     [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
                     context=args.context, method=args.method, score=args.score, masking=args.masking,
