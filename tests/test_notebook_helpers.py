@@ -295,6 +295,7 @@ def test_compare_stage_and_its_displays(run, capsys, monkeypatch):
     assert "report.html" in link and "MB" in link
     drive = nb.report_link(run.run_dir, colab=True).data
     assert "Download" in drive or "drive" in drive
+    check_report_link(run.run_dir)
     nb.show_figures(run.run_dir)  # displays without error
     nb.run_stage(run, "compare")  # done under the same settings: skipped
     assert "already finished" in capsys.readouterr().out
@@ -338,3 +339,14 @@ def test_figures_come_in_numeric_example_order(tmp_path):
         (folder / name).write_bytes(b"png")
     assert [p.name for p in nb.figure_paths(tmp_path)] == [
         "overlap_at_k.png", "example_1_tokens.png", "example_2_tokens.png", "example_10_tokens.png"]
+
+
+def check_report_link(run_dir) -> None:
+    """Item 9: in Colab the report is a clickable link that carries the file (a click downloads it)."""
+    import base64
+    import re
+
+    page = nb.report_link(run_dir, colab=True).data
+    found = re.search(r"<a download='report.html' href='data:text/html;base64,([A-Za-z0-9+/=]+)'>", page)
+    assert found, page[:500]
+    assert base64.b64decode(found[1]) == (Path(run_dir) / "report.html").read_bytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -138,12 +139,11 @@ def test_install_cell_installs_from_a_git_url(tmp_path):
     """Item 9: the install cell's own code, its form field set to a git+file:// URL of this checkout,
     installs shapshift into a throwaway venv, which then imports it from there.
 
-    No network: pip runs with PIP_NO_DEPS, PIP_NO_BUILD_ISOLATION and PIP_NO_INDEX; the dependencies
+    No network: pip runs with --no-deps, --no-build-isolation and --no-index (as PIP_* variables); the dependencies
     (torch, transformers … and pip/setuptools themselves) are seen through a .pth file that points at
     a copy of this venv's site-packages made of symlinks, without shapshift. So this checks the cell's
     real pip command and the built package, not dependency resolution.
     """
-    import site
     import subprocess
     import sysconfig
 
@@ -161,11 +161,11 @@ def test_install_cell_installs_from_a_git_url(tmp_path):
     target = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                  capture_output=True, text=True, check=True).stdout.strip())
     (target / "deps.pth").write_text(str(overlay) + "\n")
-    assert site.ENABLE_USER_SITE is not None
     url = f"git+file://{REPO}"
     source = install_cell_source().replace('"https://github.com/OWNER/shapshift"', repr(url), 1)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PIP_NO_DEPS="1", PIP_NO_BUILD_ISOLATION="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    # PIP_NO_BUILD_ISOLATION=0 is how pip's environment spells --no-build-isolation (its "no-" options invert)
+    env.update(PIP_NO_DEPS="1", PIP_NO_BUILD_ISOLATION="0", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     done = subprocess.run([str(python), "-c", source], capture_output=True, text=True, timeout=600, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -247,6 +247,9 @@ def test_notebook_runs_and_writes_its_artifacts(executed, name):
     assert not errors, f"{name}: error output {errors[0].get('ename')}: {errors[0].get('evalue')}"
     missing = [a for a in EXPECTED[name] if a not in files]
     assert not missing, f"after {name} the run folder lacks {missing}; it has {sorted(files)}"
+    # item 9: stage logs, warnings and progress are not drawn as red error output (stderr)
+    red = [o.get("text", "") for o in outputs(nb) if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not red, f"{name} wrote to stderr: {red[:3]}"
 
 
 @pytest.mark.slow
@@ -283,3 +286,4 @@ def test_overlap_notebook_shows_figures_and_report(executed):
     assert len(images) >= 3
     page = html_outputs(nb)
     assert "report.html" in page and "top-k overlap" in page
+    assert re.search(r"<a [^>]*href='[^']*report\.html'", page), "report.html is not a clickable link"

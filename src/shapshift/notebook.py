@@ -145,14 +145,33 @@ def install_extras(cfg: RunConfig) -> list[str]:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Show shapshift's progress messages (stage started, examples resumed …) in the notebook, once."""
-    logger = logging.getLogger("shapshift")
-    logger.setLevel(level)
-    if not any(getattr(h, "_shapshift_notebook", False) for h in logger.handlers):
+    """Show shapshift's progress messages (stage started, examples resumed …) in the notebook, once.
+
+    Everything a stage reports goes to the cell's standard output, which notebooks draw as plain
+    text: shapshift's log, Python warnings and the transformers library's messages (on stderr,
+    Jupyter would draw them as red error output).
+    """
+    handler = next((h for h in logging.getLogger("shapshift").handlers if getattr(h, "_shapshift_notebook", False)),
+                   None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._shapshift_notebook = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logging.getLogger("shapshift").setLevel(level)
+    logging.captureWarnings(True)
+    for name in ("shapshift", "py.warnings"):
+        logger = logging.getLogger(name)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = name != "py.warnings"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        if handler not in hf_logging.get_logger().handlers:
+            hf_logging.add_handler(handler)
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def _checkout_root(start: Path) -> Path | None:
@@ -777,30 +796,47 @@ def show_figures(run_dir: str | os.PathLike) -> None:
         _display(_heading(caption), Image(filename=str(path)))
 
 
+#: Above this size report.html is not inlined into the notebook as a download link (the output would be heavy).
+MAX_INLINE_REPORT_BYTES = 25_000_000
+
+
 def report_link(run_dir: str | os.PathLike, *, colab: bool | None = None) -> Any:
-    """Where ``report.html`` is and how to open it (IPython HTML)."""
+    """Where ``report.html`` is, as a clickable link (IPython HTML).
+
+    Outside Colab, a link relative to the notebook's folder opens it; in Colab (whose file browser a
+    link cannot reach) and wherever the run folder is outside the notebook's folder, the link
+    carries the self-contained file itself (a ``data:`` URL with ``download``): a click saves
+    ``report.html``, to open in a browser. Files above :data:`MAX_INLINE_REPORT_BYTES` are only named.
+    """
+    import base64
+
     from IPython.display import HTML
 
     path = Path(run_dir).resolve() / "report.html"
     if not path.exists():
         return HTML(f"<p>No report yet: {html.escape(str(path))} does not exist (run the cell above).</p>")
     colab = in_colab() if colab is None else colab
-    size = f"{path.stat().st_size / 1e6:.1f} MB"
-    if colab:
-        where = ("It is on your Google Drive: open drive.google.com → My Drive → "
-                 f"{html.escape(str(path).split('/MyDrive/', 1)[1])}, download it and open it in a browser."
-                 if "/MyDrive/" in str(path) else
-                 "In Colab: the folder icon in the left bar → find the file → ⋮ → Download, then open it in a browser; "
-                 "or run <code>nb.download_report(cfg.run_dir)</code>.")
-    else:
+    size = path.stat().st_size
+    rel = None
+    if not colab:
         try:
             rel = os.path.relpath(path, Path.cwd())
         except ValueError:
-            rel = str(path)
-        where = (f"<a href='{html.escape(rel)}' target='_blank'>Open report.html</a> (or open the file in a browser)."
-                 if not rel.startswith("..") else "Open the file in a browser.")
+            rel = None
+        rel = None if rel is None or rel.startswith("..") else rel
+    if rel is not None:
+        link = f"<a href='{html.escape(rel)}' target='_blank'>Open report.html</a> (or open the file in a browser)."
+    elif size <= MAX_INLINE_REPORT_BYTES:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        link = (f"<a download='report.html' href='data:text/html;base64,{data}'>Download report.html</a>, then open "
+                "it in a browser.")
+    else:
+        link = "Open the file in a browser."
+    if colab and "/MyDrive/" in str(path):
+        link += (" It is also on your Google Drive: drive.google.com → My Drive → "
+                 f"{html.escape(str(path).split('/MyDrive/', 1)[1])}.")
     return HTML(f"<p>The whole run in one self-contained page (figures, every SHAP text plot, all metrics, "
-                f"the configuration; {size}):<br><code>{html.escape(str(path))}</code><br>{where}</p>")
+                f"the configuration; {size / 1e6:.1f} MB):<br><code>{html.escape(str(path))}</code><br>{link}</p>")
 
 
 def download_report(run_dir: str | os.PathLike) -> Path:
