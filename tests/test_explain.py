@@ -187,3 +187,12 @@ def test_explain_text_refuses_what_it_cannot_write(tmp_path, capsys):
                  "--max-new-tokens", "0", "--out", str(tmp_path / "x.html")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "at least one token must be generated" in err and "not found" not in err
+
+
+def test_generate_refuses_zero_new_tokens(tiny_neo):
+    """Item 8: the library's generate() gives the config's one-paragraph error, not transformers' ValueError."""
+    from shapshift.generation import generate
+
+    model, tok = tiny_neo
+    with pytest.raises(shapshift.ShapshiftError, match="at least one token must be generated"):
+        generate(model, tok, [[1, 2, 3]], max_new_tokens=0, progress=False)
