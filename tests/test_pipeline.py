@@ -268,7 +268,9 @@ def test_killed_run_continues_on_a_plain_rerun(tmp_path, finished_run):
     cmd = [sys.executable, "-m", "shapshift.cli", "run", "--config", str(_yaml(cfg, tmp_path))]
     partial = tmp_path / "killed" / ".partial"
     # 1. Ctrl-C after two baseline examples
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as Ctrl-C sends it (a child of a background job would otherwise inherit "ignore SIGINT")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for(proc, partial / "02_baseline", 2) >= 2
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
