@@ -281,3 +281,20 @@ def test_report_needs_compare_first(tmp_path):
     make_run(tmp_path, conditions={}, n_examples=2)
     with pytest.raises(ArtifactError, match="compare"):
         report.write_report(tmp_path, CFG)
+
+
+def test_text_plot_axis_labels_do_not_overlap():
+    """Item 6: base value and f(inputs) close together are anchored apart; tick values that collide in a
+    narrow plot are dropped (the ticks stay)."""
+    exp = shap.Explanation(values=np.array([[0.01], [-0.008], [0.002]]), base_values=np.array([-10.6]),
+                           data=np.array(["a", "b", "c"], dtype=object), output_names=["x"])
+    out = report.text_plot_html(exp)
+    labels = re.findall(r'<text x="([0-9.]+)%" y="(?:10|27)"[^>]*text-anchor="(\w+)"[^>]*>(.*?)</text>', out)
+    by_text = {t: (float(x), a) for x, a, t in labels}
+    base_x, base_anchor = by_text["base value"]
+    f_x, f_anchor = next(v for t, v in by_text.items() if t.startswith("f<tspan"))
+    assert abs(base_x - f_x) < report.LABEL_GAP
+    assert (base_anchor, f_anchor) == (("end", "start") if base_x <= f_x else ("start", "end"))
+    numbers = [t for _, _, t in labels if re.fullmatch(r"-?[0-9.]+", t)]
+    assert set(numbers) == {"-10.6", "-10.596"}, numbers  # base value and f(inputs) only, no tick values
+    assert out.count('y2="37"') >= 3  # the tick marks themselves stay

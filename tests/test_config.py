@@ -51,3 +51,31 @@ def test_a_set_value_that_is_not_yaml_is_taken_as_text():
                                                                'adapt.instruction="Say: yes or no"'])
     assert cfg.data.template == "Review: {input}\nSentiment:"
     assert cfg.adapt.instruction == "Say: yes or no"
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("data.template=Review: {input}", "template", "Review: {input}"),  # YAML would read a mapping
+    ("data.template=Review {input}: yes", "template", "Review {input}: yes"),
+    ("data.template=Review {input}\\nSentiment", "template", "Review {input}\nSentiment"),  # plain YAML keeps \\n
+    ('data.template="Quoted: {input}\\tx"', "template", "Quoted: {input}\tx"),  # quoted: YAML's escapes
+    ("adapt.instruction=yes", "instruction", "yes"),  # not the boolean True
+    ("data.target_column=null", "target_column", None),
+    ("data.n_explain=3", "n_explain", 3),
+])
+def test_set_values_of_text_settings_are_taken_as_typed(override, key, expected):
+    """Item 7: a text setting takes the --set value as typed; quoted values and null keep their YAML meaning."""
+    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", [override])
+    section = getattr(cfg, override.split(".")[0])
+    assert getattr(section, key) == expected
+
+
+def test_cli_set_template_needs_no_quoting_tricks(tmp_path):
+    """Item 7: the README's template override goes through the CLI without a YAML traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "shapshift.cli", "report", "--config", str(REPO / "configs" / "demo.yaml"),
+                           "--set", f"output_dir={tmp_path}", "--set", "data.template=Review: {input}\\nSentiment:"],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "YAML" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "compare" in done.stderr  # nothing to report yet: the one-paragraph error

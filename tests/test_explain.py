@@ -173,3 +173,26 @@ def test_tasks_under_one_context_share_the_prefix_pass(tiny_neo):
     for exp, (solo, _) in zip(together, alone):
         np.testing.assert_allclose(exp.values, solo[0].values, atol=1e-6)
     assert all("scorer" not in t.__dict__ and t.prefix_cache is None for t in tasks)
+
+
+def test_explain_text_refuses_what_it_cannot_write(tmp_path, capsys):
+    """Item 8: --out x.png is refused (no pickle named .png), and --max-new-tokens 0 is a clear error
+    given before any model is loaded."""
+    out = tmp_path / "x.png"
+    assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "good film", "--out", str(out)]) == 2
+    assert not out.exists()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot write a .png file" in err and ".html" in err and ".pkl" in err
+    assert main(["explain-text", "--model", "no-such-org/no-such-model", "--text", "good film",
+                 "--max-new-tokens", "0", "--out", str(tmp_path / "x.html")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "at least one token must be generated" in err and "not found" not in err
+
+
+def test_generate_refuses_zero_new_tokens(tiny_neo):
+    """Item 8: the library's generate() gives the config's one-paragraph error, not transformers' ValueError."""
+    from shapshift.generation import generate
+
+    model, tok = tiny_neo
+    with pytest.raises(shapshift.ShapshiftError, match="at least one token must be generated"):
+        generate(model, tok, [[1, 2, 3]], max_new_tokens=0, progress=False)

@@ -47,3 +47,32 @@ def test_random_gpt_neo_125m_has_the_published_shape():
     with torch.no_grad():
         logits = model(**tok("a fine film", return_tensors="pt")).logits
     assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+
+
+def test_unknown_model_offline_fails_fast_and_says_so(tmp_path):
+    """Item 8: offline, an unknown hub name fails within seconds with "offline, not found locally"
+    (both with HF_HUB_OFFLINE set and without it, on a machine that cannot reach the hub)."""
+    import os
+    import subprocess
+    import sys
+
+    from shapshift.models import hub_reachable
+
+    if hub_reachable(timeout=2.0) and not os.environ.get("HF_HUB_OFFLINE"):
+        pytest.skip("the hub is reachable here: the offline path cannot be exercised")
+    # the second call is timed: the first also pays for transformers' lazy imports on a busy machine
+    code = ("import shapshift, time\n"
+            "for attempt in range(2):\n"
+            "    start = time.perf_counter()\n"
+            "    try:\n        shapshift.load_model('no-such-org/no-such-model')\n"
+            "    except shapshift.ShapshiftError as e:\n        message = e.message\n"
+            "print(message)\nprint('SECONDS', time.perf_counter() - start)\n")
+    for offline in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        if offline:
+            env["HF_HUB_OFFLINE"] = offline
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                              cwd=tmp_path)
+        assert "offline, not found locally" in " ".join(done.stdout.split()), done.stdout + done.stderr[-2000:]
+        seconds = float(done.stdout.split("SECONDS")[1])  # load_model alone, imports done
+        assert seconds < 5, f"load_model took {seconds:.0f} s (HF_HUB_OFFLINE={offline})"

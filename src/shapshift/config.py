@@ -24,6 +24,8 @@ EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarc
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: The unit of a SHAP value (and of the base value) under each score, as reports and figures name it.
+SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
 #: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
 UNITS = ("token", "word", "sentence")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
@@ -302,8 +304,22 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"Override {item!r}: {p} is not a section.")
-        node[leaf] = parse_value(raw)
+        node[leaf] = parse_value(raw, text=key.strip() in text_keys())
     return values
+
+
+def text_keys(cls: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
+    """The ``section.key`` names of the settings that hold text (``str`` or ``str | None``)."""
+    cls = cls or RunConfig
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out |= text_keys(tp, f"{prefix}{f.name}.")
+        elif tp is str or set(typing.get_args(tp)) == {str, type(None)}:
+            out.add(prefix + f.name)
+    return out
 
 
 def unescape(text: str) -> str:
@@ -311,14 +327,19 @@ def unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def parse_value(raw: str) -> Any:
+def parse_value(raw: str, *, text: bool = False) -> Any:
     """A ``--set`` value: YAML (``4``, ``null``, ``[a, b]``, ``"quoted"``), else the plain text itself.
 
     Text that is not valid YAML (``Review: {input}\nSentiment:`` reads as a broken mapping) is taken
     as written, with ``\n`` and ``\t`` typed as two characters turned into a newline and a tab.
+    ``text``: the key holds text (a template, an instruction, a path): the value is taken as typed
+    (``\n`` a newline) unless it is quoted (then YAML reads it) or ``null``/``~`` (none), so that
+    ``Review: {input}`` or ``yes`` are not read as a mapping or a boolean.
     """
     if not raw.strip():
         return None
+    if text and raw.strip() not in ("null", "~", "Null", "NULL") and raw.strip()[0] not in "\"'":
+        return unescape(raw)
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:

@@ -44,6 +44,14 @@ def load_table(source: str, *, hub_split: str = "train") -> pd.DataFrame:
         kwargs: dict = {}
         if suffix == ".tsv":
             kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        bad = None if suffix == ".parquet" else _utf8_problem(path)
+        if bad is not None and _BUILDERS[suffix] != "csv":
+            raise DataError(f"{path} is not UTF-8 text ({bad}).",
+                            "Save the file with UTF-8 encoding (e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`).")
+        if bad is not None:
+            log.warning("%s is not UTF-8 (%s); reading it as Latin-1 (ISO-8859-1). If characters look wrong, save "
+                        "the file as UTF-8.", path, bad)
+            kwargs["encoding"] = "latin-1"
         try:
             ds = datasets.load_dataset(_BUILDERS[suffix], data_files=str(path), split="train", **kwargs)
         except Exception as exc:  # datasets raises many types for unreadable files
@@ -58,6 +66,26 @@ def load_table(source: str, *, hub_split: str = "train") -> pd.DataFrame:
                             "Check the name, the split and the network; offline, point data.source at a local "
                             "file such as data/demo_reviews.csv.") from None
     return ds.to_pandas()
+
+
+def _utf8_problem(path: Path) -> str | None:
+    """Why ``path`` is not valid UTF-8 (the first bad byte), or None when it is."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return f"byte 0x{block[exc.start]:02x} at offset {offset + exc.start} is not UTF-8"
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "the file ends inside a UTF-8 character"
+    return None
 
 
 @dataclass
@@ -144,8 +172,13 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
         raise DataError(f"No example of {cfg.source} is left after preprocessing.",
                         "Raise data.max_input_tokens or set data.on_too_long=truncate.")
     out = pd.DataFrame(rows)
+    if cfg.n_explain > len(out):
+        raise DataError(f"data.n_explain={cfg.n_explain}, but only {len(out)} example(s) of {cfg.source} are usable "
+                        f"({report.n_rows} rows before skipping empty or too long inputs and applying data.max_rows).",
+                        f"Set data.n_explain to at most {len(out)} (and leave some rows for training and few-shot "
+                        "demonstrations), or use a larger dataset.")
     rng = np.random.default_rng(cfg.seed)
-    n_explain = min(cfg.n_explain, len(out))
+    n_explain = cfg.n_explain
     explain_idx = set(rng.choice(len(out), size=n_explain, replace=False).tolist())
     out["split"] = ["explain" if i in explain_idx else "train" for i in range(len(out))]
     out = out[DATASET_COLUMNS]

@@ -42,7 +42,7 @@ from .errors import ArtifactError, ConfigError, DataError, ShapshiftError
 from .models import model_device
 from .prompting import PromptParts, encode_prompt
 from .scoring import is_oom
-from .store import write_json
+from .store import honour_umask, write_json
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +397,7 @@ def _atomic_dir(folder: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         yield tmp
+        honour_umask(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

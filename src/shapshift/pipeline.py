@@ -63,12 +63,25 @@ def preprocess_stage(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> pd.D
 
     store = open_store(cfg)
     df, report = preprocess(cfg.data, tokenizer)  # errors here leave the run folder untouched
-    invalidate_from(store, "preprocess")
-    with store.timed("preprocess", fingerprint=stage_fingerprint(cfg, "preprocess")) as info:
+    check_training_rows(cfg, int((df["split"] == "train").sum()))
+    invalidate_from(store, "explain", because="preprocess is redone")
+    with store.timed("preprocess", **stage_record(cfg, "preprocess")) as info:
         store.write_parquet(df, DATASET)
         info.update(asdict(report), complete=True)
     log.info("preprocess: %d examples (%s)", len(df), report.splits)
     return df
+
+
+def check_training_rows(cfg: RunConfig, n_train: int) -> None:
+    """Refuse a split that leaves too few train rows for the chosen conditions (before any model time)."""
+    need = max([1 if "finetuned" in cfg.adapt.conditions else 0,
+                cfg.adapt.k_shot if "few_shot" in cfg.adapt.conditions else 0])
+    if n_train < need:
+        which = [c for c in ("few_shot", "finetuned") if c in cfg.adapt.conditions]
+        raise DataError(f"After putting data.n_explain={cfg.data.n_explain} examples into the explain split, "
+                        f"{n_train} row(s) are left for training, but {' and '.join(which)} need(s) at least {need}.",
+                        "Lower data.n_explain (or adapt.k_shot), raise data.max_rows, or leave those conditions "
+                        "out of adapt.conditions.")
 
 
 def explain_rows(store: RunStore) -> pd.DataFrame:
@@ -113,7 +126,8 @@ STAGE_ARTIFACTS = {
                 "02_baseline_rerun.pkl"],
     "adapt": ["03_generations.parquet", "03_finetune.json"] + [f"03_{c}.{ext}" for c in ("zero_shot", "few_shot", "finetuned")
                                                                for ext in ("parquet", "pkl")],
-    "compare": ["04_overlap.parquet", "04_overlap_curves.parquet", "04_summary.csv", "report.html"],
+    "compare": ["04_overlap.parquet", "04_overlap_curves.parquet", "04_summary.csv", "04_changes.parquet",
+                "04_verdicts.parquet", "04_verdicts.csv", "report.html"],
 }
 
 
@@ -121,38 +135,97 @@ def stage_fingerprint(cfg: RunConfig, stage: str) -> str:
     return cfg.fingerprint(*STAGE_SECTIONS[stage])
 
 
-def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
-    """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
-    info = store.manifest().get("stages", {}).get(stage, {})
-    if info.get("fingerprint") != stage_fingerprint(cfg, stage) or not info.get("complete"):
-        return False
+def stage_record(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """What the manifest keeps of a stage's settings: the fingerprint and the sections it hashes."""
+    data = cfg.to_dict()
+    return {"fingerprint": stage_fingerprint(cfg, stage), "settings": {s: data[s] for s in STAGE_SECTIONS[stage]}}
+
+
+def changed_settings(before: dict[str, Any], cfg: RunConfig, stage: str) -> list[str]:
+    """The ``section.key`` names whose value differs between a stage's recorded settings and ``cfg``."""
+    now = cfg.to_dict()
+    out = []
+    for section in STAGE_SECTIONS[stage]:
+        old, new = before.get(section, {}), now[section]
+        if not isinstance(old, dict) or not isinstance(new, dict):
+            if old != new:
+                out.append(section)
+            continue
+        out += [f"{section}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return out
+
+
+def stage_status(store: RunStore, cfg: RunConfig, stage: str) -> tuple[bool, str]:
+    """``(reusable, why)``: whether ``stage`` finished under the same config with its artifacts intact."""
+    info = store.manifest().get("stages", {}).get(stage)
+    if not info:
+        return False, "not run yet in this folder"
+    if info.get("fingerprint") != stage_fingerprint(cfg, stage):
+        changed = changed_settings(info.get("settings") or {}, cfg, stage) if info.get("settings") else []
+        return False, ("its settings changed: " + ", ".join(changed)) if changed else "its settings changed"
+    if not info.get("complete"):
+        return False, "it did not finish last time (the examples it had finished are kept)"
     recorded = store.manifest().get("artifacts", {})
-    try:
-        for name in STAGE_ARTIFACTS[stage]:
+    try:  # its own artifacts and its inputs (the earlier stages' artifacts)
+        for name in [n for st in STAGES[: STAGES.index(stage) + 1] for n in STAGE_ARTIFACTS[st]]:
             if name in recorded:
                 store.verify(name)
     except ArtifactError as exc:
-        log.warning("%s: re-running (%s)", stage, exc.problem)
-        return False
-    return True
+        return False, exc.problem
+    return True, "finished under the same settings, artifacts intact"
 
 
-def invalidate_from(store: RunStore, stage: str) -> None:
-    """Delete the artifacts of ``stage`` and every later stage: a fresh stage never mixes with stale results."""
+def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
+    """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
+    return stage_status(store, cfg, stage)[0]
+
+
+def invalidate_from(store: RunStore, stage: str, *, because: str | None = None, partial: bool = False) -> list[str]:
+    """Delete the artifacts of ``stage`` and every later stage: a fresh stage never mixes with stale results.
+
+    Returns the names removed (logged with ``because`` when any). ``partial``: also the unfinished
+    examples of those stages (``.partial/``).
+    """
     import shutil
 
     later = STAGES[STAGES.index(stage):]
     man = store.manifest()
+    removed = []
     for st in later:
         for name in STAGE_ARTIFACTS[st]:
+            if store.path(name).exists():
+                removed.append(name)
             store.path(name).unlink(missing_ok=True)
             man.get("artifacts", {}).pop(name, None)
         man.get("stages", {}).pop(st, None)
-    if "compare" in later:
-        shutil.rmtree(store.path("figures"), ignore_errors=True)
-    if "adapt" in later:
-        shutil.rmtree(store.path("adapters"), ignore_errors=True)
-    write_json(man, store.path("manifest.json"))
+    folders = [d for d, st in (("figures", "compare"), ("adapters", "adapt")) if st in later]
+    if partial:
+        folders += [f".partial/{stem}" for stem in _stage_stems(later)]
+    for folder in folders:
+        if store.path(folder).exists():
+            removed.append(folder + "/")
+            shutil.rmtree(store.path(folder), ignore_errors=True)
+        for name in [n for n in man.get("artifacts", {}) if n.startswith(folder + "/")]:
+            man["artifacts"].pop(name)
+    if store.path("manifest.json").exists():
+        write_json(man, store.path("manifest.json"))
+    if removed and because:
+        log.info("%s, so the results made from the old ones are removed: %s", because, ", ".join(removed))
+    return removed
+
+
+def _stage_stems(stages: Sequence[str]) -> list[str]:
+    stems = {"explain": ["02_baseline", "02_baseline_rerun"],
+             "adapt": [f"03_{c}" for c in ("zero_shot", "few_shot", "finetuned")]}
+    return [stem for st in stages for stem in stems.get(st, [])]
+
+
+def _clear_partial(store: RunStore, stage: str) -> None:
+    """Drop a finished stage's per-example checkpoints (kept until the whole stage is done)."""
+    import shutil
+
+    for stem in _stage_stems([stage]):
+        shutil.rmtree(store.path(f".partial/{stem}"), ignore_errors=True)
 
 
 def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -163,8 +236,10 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     fingerprint = f"{stage_fingerprint(cfg, 'adapt' if stem.startswith('03_') else 'explain')}-{stem}-{seed}"
     checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
     done = checkpoint.start(resume)
+    done = {i: v for i, v in done.items() if i in set(rows["example_id"].astype(int))}
     if done:
-        log.info("%s: resuming, %d of %d examples already explained", condition, len(done), len(rows))
+        log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
+                 ", ".join(map(str, sorted(done))))
     reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
     for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
         if int(r.example_id) in done:
@@ -183,8 +258,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
     store.update_manifest(explain_stats={stem: stats})
-    checkpoint.clear()
-    return explanations, stats
+    return explanations, stats  # the checkpoint stays until the whole stage is done (a kill later loses nothing)
 
 
 def generations_table(model, tokenizer, rows: pd.DataFrame, parts: list[PromptParts], condition: str,
@@ -228,17 +302,18 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     rows = explain_rows(store)
     parts = base_parts(rows)
     if not resume:
-        invalidate_from(store, "explain")
-    with store.timed("explain", fingerprint=stage_fingerprint(cfg, "explain")) as info:
-        gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg)
+        invalidate_from(store, "explain", because="explain starts afresh", partial=True)
+    invalidate_from(store, "adapt", because="explain is redone")
+    with store.timed("explain", **stage_record(cfg, "explain")) as info:
+        reference = None
         if cfg.explain.target == "reference":
-            targets = reference_targets(tokenizer, rows, parts)
-            if any(t is None or not t for t in targets):
+            reference = reference_targets(tokenizer, rows, parts)
+            if any(t is None or not t for t in reference):
                 raise DataError("explain.target is 'reference' but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
-        else:
-            targets = [list(g) for g in gens["generated_ids"]]
-        gens["explained_ids"] = targets
+        # explained_logprob is the log-prob of the text explained (the reference when there is one)
+        gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg, explained=reference)
+        targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
         exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline",
                                          cfg.explain.seed, resume)
@@ -247,6 +322,7 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         matches = gens["label_match"].dropna()
         info.update(n_examples=len(rows), accuracy=float(matches.mean()) if len(matches) else None,
                     evals=int(sum(st["n_evals"] for st in stats)), complete=True)
+    _clear_partial(store, "explain")
     return exps
 
 
@@ -275,9 +351,10 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     base = store.read_parquet("02_generations.parquet")
     base_targets = {int(r.example_id): list(r.explained_ids) for r in base.itertuples()}
     if not resume:
-        invalidate_from(store, "adapt")
+        invalidate_from(store, "adapt", because="adapt starts afresh", partial=True)
+    invalidate_from(store, "compare", because="adapt is redone")
     results, tables = {}, []
-    with store.timed("adapt", fingerprint=stage_fingerprint(cfg, "adapt")) as stage_info:
+    with store.timed("adapt", **stage_record(cfg, "adapt")) as stage_info:
         for condition in cfg.adapt.conditions:
             with store.timed(f"adapt:{condition}") as info:
                 cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume)
@@ -295,6 +372,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
         if tables:
             store.write_parquet(pd.concat(tables, ignore_index=True), "03_generations.parquet")
         stage_info["complete"] = True
+    _clear_partial(store, "adapt")
     return results
 
 
@@ -331,10 +409,13 @@ def _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume):
     if resume and summary_file.exists():
         summary = json.loads(store.verify("03_finetune.json").read_text())
         if summary.get("fingerprint") == fingerprint:
+            for name in [n for n in store.manifest().get("artifacts", {}) if n.startswith("adapters/")]:
+                store.verify(name)
             info.update(task_metric_before=summary["before"], task_metric_after=summary["after"], reloaded=True)
             return load_finetuned(model, store.path("adapters"), cfg.adapt.finetune)
     before = evaluate_task(model, tokenizer, rows, labels=labels)
     result = finetune(model, tokenizer, train, cfg.adapt.finetune, seed=cfg.data.seed, out_dir=store.path("adapters"))
+    store.record(*sorted(str(p.relative_to(store.dir)) for p in store.path("adapters").rglob("*") if p.is_file()))
     after = evaluate_task(result.model, tokenizer, rows, labels=labels)
     summary = {"before": before, "after": after, "losses": result.losses, "steps": result.steps,
                "seconds": result.seconds, "method": cfg.adapt.finetune.method, "fingerprint": fingerprint,
@@ -347,13 +428,41 @@ def _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume):
 
 
 # -- stage 4 ----------------------------------------------------------------------------------------
+def check_complete(store: RunStore, cfg: RunConfig) -> None:
+    """Refuse to compare a run whose explain or adapt stage did not finish under this config.
+
+    The error names the conditions that are missing or stale and why, so that a half-finished run
+    is never summarised as if it were whole.
+    """
+    problems, missing = [], []
+    recorded = store.manifest().get("artifacts", {})
+    ok, why = stage_status(store, cfg, "explain")
+    if not ok:
+        problems.append(f"stage explain: {why}")
+        missing.append("baseline")
+    if cfg.adapt.conditions:
+        ok, why = stage_status(store, cfg, "adapt")
+        if not ok:
+            problems.append(f"stage adapt: {why}")
+            absent = [c for c in cfg.adapt.conditions
+                      if f"03_{c}.parquet" not in recorded or not store.path(f"03_{c}.parquet").exists()]
+            missing += absent or list(cfg.adapt.conditions)
+    if problems:
+        raise ArtifactError(
+            f"The run in {store.dir} is incomplete, so it cannot be compared. Conditions missing or stale: "
+            f"{', '.join(missing)} ({'; '.join(problems)}).",
+            "Run `shapshift run` with the same config (it continues where it stopped), or leave unfinished "
+            "conditions out with --set 'adapt.conditions=[...]'.")
+
+
 def compare_stage(cfg: RunConfig) -> pd.DataFrame:
     """Stage 4: overlap metrics, noise floor, statistics, figures, ``report.html``."""
     from .compare import run_compare
     from .report import write_report
 
     store = open_store(cfg)
-    with store.timed("compare", fingerprint=stage_fingerprint(cfg, "compare")) as info:
+    check_complete(store, cfg)
+    with store.timed("compare", **stage_record(cfg, "compare")) as info:
         summary = run_compare(store.dir, cfg.compare)
         write_report(store.dir, cfg.compare)
         info["complete"] = True
@@ -361,33 +470,44 @@ def compare_stage(cfg: RunConfig) -> pd.DataFrame:
 
 
 # -- all ----------------------------------------------------------------------------------------------
-def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, resume: bool = False) -> RunStore:
-    """Run the named stages in order, loading the model once.
+def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True) -> RunStore:
+    """Run the named stages in order, loading the model once, and reusing what is still valid.
 
-    ``resume``: skip stages that finished under the same config (artifacts intact), and within an
-    unfinished stage keep the examples already explained.
+    By default a stage that finished under the same settings (its artifacts intact) is reused, an
+    unfinished one keeps the examples it had explained, and a stage whose settings changed is redone;
+    each decision is logged with its reason, and redoing a stage removes (and lists) the later stages'
+    results made from its old output. ``fresh``: remove the named stages' results (and every later
+    stage's, unfinished examples included) and start over. ``resume=False`` is the old spelling of
+    ``fresh=True``.
     """
+    fresh = fresh or not resume
     store = RunStore(cfg.run_dir)
-    todo = [s for s in stages if not (resume and stage_done(store, cfg, s))]
     for s in stages:
-        if s not in todo:
-            log.info("stage %s: done under the same config, skipped", s)
+        if s not in STAGES:
+            raise ValueError(f"unknown stage {s!r}")
+    if fresh and store.dir.exists():
+        first = min(stages, key=STAGES.index)
+        invalidate_from(store, first, because=f"--fresh: starting over from stage {first}", partial=True)
     model = tokenizer = None
-    if any(s in todo for s in ("preprocess", "explain", "adapt")):
-        model, tokenizer = load_model(cfg.model.spec, device=cfg.model.device, dtype=cfg.model.dtype,
-                                      trust_remote_code=cfg.model.trust_remote_code)
-    for stage in todo:
-        log.info("stage %s", stage)
+    redone = False
+    for stage in stages:
+        ok, why = stage_status(store, cfg, stage)
+        if ok and not redone:
+            log.info("stage %s: reused (%s)", stage, why)
+            continue
+        log.info("stage %s: running (%s)", stage, "an earlier stage was redone" if ok else why)
+        redone = True
+        if stage != "compare" and model is None:
+            model, tokenizer = load_model(cfg.model.spec, device=cfg.model.device, dtype=cfg.model.dtype,
+                                          trust_remote_code=cfg.model.trust_remote_code)
         if stage == "preprocess":
             preprocess_stage(cfg, tokenizer)
         elif stage == "explain":
-            explain_stage(cfg, model, tokenizer, resume=resume)
+            explain_stage(cfg, model, tokenizer, resume=True)
         elif stage == "adapt":
-            adapt_stage(cfg, model, tokenizer, resume=resume)
-        elif stage == "compare":
-            compare_stage(cfg)
+            adapt_stage(cfg, model, tokenizer, resume=True)
         else:
-            raise ValueError(f"unknown stage {stage!r}")
+            compare_stage(cfg)
     return store
 
 

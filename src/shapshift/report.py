@@ -48,7 +48,7 @@ from .compare import (  # noqa: E402
     available_conditions,
     load_condition,
 )
-from .config import CompareConfig  # noqa: E402
+from .config import SCORE_UNITS, CompareConfig  # noqa: E402
 from .errors import ArtifactError  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
@@ -72,6 +72,12 @@ _NP_REPR = re.compile(r"np\.(?:float|int|uint)\d*\(([^()]*)\)")
 RGBA = re.compile(r"rgba\(\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.eE+-]+\s*\)")
 
 
+def score_unit(store: RunStore) -> str:
+    """The unit of the run's SHAP values (``explain.score`` in the manifest; log-odds when unrecorded)."""
+    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", "log_odds")
+    return SCORE_UNITS.get(score, str(score))
+
+
 def _label(condition: str) -> str:
     return LABELS.get(condition, condition)
 
@@ -82,9 +88,17 @@ def _pair_label(a: str, b: str) -> str:
 
 # -- figure files ---------------------------------------------------------------------------------
 def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
-    """Write ``fig`` as PNG to ``<run>/figures/<name>`` atomically, record it, close it."""
+    """Write ``fig`` as PNG to ``<run>/figures/<name>`` atomically, record it, close it.
+
+    The PNG's ``Description`` text chunk holds the figure's titles and axis labels (readable without
+    rendering, e.g. ``PIL.Image.open(path).text``).
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    texts = [fig.get_suptitle()]
+    for ax in fig.axes:
+        texts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight",
+                metadata={"Title": name, "Description": " | ".join(t for t in texts if t)})
     plt.close(fig)
     rel = f"{FIGURES_DIR}/{name}"
     path = atomic_write_bytes(store.path(rel), buf.getvalue())
@@ -235,7 +249,7 @@ def _token_label(tok: Any, pos: int) -> str:
 
 
 def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: RunStore, *, how: str = "sum",
-                        max_tokens: int = 30) -> Path:
+                        max_tokens: int = 30, unit: str | None = None) -> Path:
     """``example_<id>_tokens.png``: aggregated value per input token (rows) per condition (bars).
 
     ``explanations``: ``{condition: shap.Explanation}`` of one example. Inputs longer than
@@ -253,18 +267,22 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     height = 0.8 / max(1, len(conds))
     fig, ax = plt.subplots(figsize=(8, 1.8 + 0.075 * len(keep) * max(2, len(conds))))
     y = np.arange(len(keep))
+    errs = {c: aggregate_error(explanations[c], how) for c in conds}
     for i, c in enumerate(conds):
+        err = None if errs[c] is None else errs[c][keep]
         ax.barh(y + (i - (len(conds) - 1) / 2) * height, vals[c][keep], height=height, color=COLORS.get(c),
-                label=_label(c))
+                label=_label(c), xerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
     ax.set_yticks(y, [_token_label(tokens[p], int(p)) for p in keep], fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
-    unit = "sum over generated tokens" if how == "sum" else "mean |value| over generated tokens"
-    ax.set_xlabel(f"SHAP value ({unit}; score units, e.g. log-odds)")
+    how_label = "sum over generated tokens" if how == "sum" else "mean |value| over generated tokens"
+    ax.set_xlabel(f"SHAP value ({unit or score_unit(store)}, {how_label})")
     ax.set_ylabel("input token (position: text)")
     names = getattr(explanations[conds[0]], "output_names", None)
     outs = "".join(map(str, [] if names is None else names))
     shown = "" if len(keep) == n else f", top {len(keep)} of {n} tokens"
+    if any(e is not None for e in errs.values()):
+        shown += "; bars: ±1 standard error of the estimator"
     ax.set_title(f"Example {example_id}: attribution per input token{shown}\nexplained output: {outs!r}",
                  fontsize=10)
     ax.legend(fontsize=8, loc="best")
@@ -272,7 +290,146 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     return save_figure(fig, store, f"example_{example_id}_tokens.png")
 
 
+def aggregate_error(explanation: Any, how: str = "sum") -> np.ndarray | None:
+    """The standard error of :func:`shapshift.overlap.aggregate` per input token, from ``error_std``.
+
+    ``error_std`` ``(n_in, n_out)`` is the estimator's standard error of each value (None or all NaN:
+    an exact estimator, no error bars). Errors of the generated tokens are taken as independent:
+    ``sum`` → sqrt(Σ err²); ``mean_abs`` → sqrt(Σ err²) / n_out (|·| does not enlarge an error).
+    """
+    err = getattr(explanation, "error_std", None)
+    if err is None:
+        return None
+    err = np.asarray(err, dtype=np.float64)
+    if err.ndim == 1:
+        err = err[:, None]
+    if not np.isfinite(err).any():
+        return None
+    total = np.sqrt(np.nansum(err ** 2, axis=1))
+    return total if how == "sum" else total / max(1, err.shape[1])
+
+
+# -- behaviour ------------------------------------------------------------------------------------
+def plot_finetune_loss(record: dict[str, Any], store: RunStore) -> Path:
+    """``finetune_loss.png``: the training loss per step (cross-entropy on the target tokens, nats)."""
+    losses = np.asarray(record.get("losses") or [], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if losses.size:
+        ax.plot(np.arange(1, losses.size + 1), losses, marker="o" if losses.size <= 40 else None, ms=3,
+                color=COLORS["finetuned"])
+    ax.set(xlabel="optimizer step", ylabel="training loss (nats per target token)",
+           title=f"Fine-tuning ({record.get('method', '?')}, {record.get('steps', losses.size)} steps)")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, store, "finetune_loss.png")
+
+
+def _metric_cell(x: Any) -> str:
+    return _fmt(x) if isinstance(x, (int, float, np.number)) or x is None else html.escape(str(x))
+
+
+def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list[str]]:
+    """The "What the model did" section, and its warnings (also shown at the top of the report)."""
+    from . import behaviour as bh
+
+    gens = bh.generations(store)
+    if gens.empty:
+        return "<p class=muted>No generations are recorded in this run folder.</p>", []
+    summary = bh.condition_summary(gens)
+    warnings = bh.behaviour_warnings(summary, _label)
+    head = ("<tr><th class=l>condition</th><th>examples</th><th>label match</th>"
+            "<th>mean log p(explained text)</th><th>≈ p per token</th></tr>")
+    body = "".join(
+        f"<tr><td class=l>{html.escape(_label(r.condition))}</td><td>{r.n}</td>"
+        f"<td>{'—' if not r.n_with_reference else f'{int(r.label_matches)} / {r.n_with_reference}'}</td>"
+        f"<td>{_fmt(r.mean_logprob, 2)}</td><td>{'—' if not np.isfinite(r.token_p) else f'{r.token_p:.2g}'}</td></tr>" for r in summary.itertuples())
+    data = store.read_parquet("01_dataset.parquet").set_index("example_id")
+    conds = list(summary["condition"])
+    rows = []
+    for ex_id in sorted(gens["example_id"].unique()):
+        ref = data.loc[ex_id, "target_text"] if ex_id in data.index else None
+        text = data.loc[ex_id, "source_text"] if ex_id in data.index else ""
+        cells = []
+        for c in conds:
+            g = gens[(gens["condition"] == c) & (gens["example_id"] == ex_id)]
+            if g.empty:
+                cells.append("<td>—</td>")
+                continue
+            r = g.iloc[0]
+            mark = "" if pd.isna(r["label_match"]) else (" ✓" if r["label_match"] else " ✗")
+            cells.append(f"<td class=l><code>{html.escape(repr(str(r['generated_text'])))}</code>{mark}<br>"
+                         f"<span class=muted>log p = {_fmt(r['explained_logprob'], 2)}</span></td>")
+        rows.append(f"<tr><td>{int(ex_id)}</td><td class=l>{html.escape(str(text)[:160])}</td>"
+                    f"<td class=l><code>{html.escape(repr(ref)) if ref is not None else '—'}</code></td>{''.join(cells)}</tr>")
+    per_example = ("<table><tr><th>example</th><th class=l>input text</th><th class=l>reference</th>"
+                   + "".join(f"<th class=l>{html.escape(_label(c))}</th>" for c in conds) + "</tr>"
+                   + "".join(rows) + "</table>")
+    parts = [f"<table>{head}{body}</table>",
+             "<p class=muted>Label match: the generation starts with the reference output. log p: the "
+             "log-probability (nats) of the explained text under the condition, summed over its tokens; "
+             "≈ p per token is its geometric mean.</p>",
+             "<details open><summary>What each condition generated, per explained example (✓ = starts with the "
+             f"reference)</summary>{per_example}</details>"]
+    record = bh.finetune_record(store)
+    if record is not None:
+        before, after = record.get("before") or {}, record.get("after") or {}
+        keys = [k for k in dict.fromkeys([*before, *after]) if k != "n_rows"]
+        table = "".join(f"<tr><td class=l>{html.escape(k)}</td><td>{_metric_cell(before.get(k))}</td>"
+                        f"<td>{_metric_cell(after.get(k))}</td></tr>" for k in keys)
+        where = html.escape(str(record.get("evaluated_on", "")))
+        parts.append(f"<h3>Fine-tuning</h3><table><tr><th class=l>task metric</th><th>before</th><th>after</th></tr>"
+                     f"{table}</table><p class=muted>Evaluated on {where} ({before.get('n_rows', '?')} rows); "
+                     "accuracy: the reference label has the highest log-probability among the labels.</p>")
+        if "finetune_loss" in figures:
+            parts.append(_img(figures["finetune_loss"], "fine-tuning loss"))
+    return "".join(parts), warnings
+
+
 # -- shap text plots ------------------------------------------------------------------------------
+#: The top axis of a shap text plot, and the labels written on it (tick values, base value, f(inputs)).
+_AXIS_SVG = '<svg width="100%" height="80px">'
+_AXIS_TEXT = re.compile(r'<text x="([0-9.eE+-]+)%" y="(10|27)"([^>]*)>(.*?)</text>', re.S)
+#: Closer than this (in % of the plot's width), the base value and f(inputs) labels would collide.
+LABEL_GAP = 30.0
+
+
+def separate_axis_labels(text: str) -> str:
+    """Keep the labels on a shap text plot's axis from overlapping.
+
+    shap writes every tick value and the base value / f(inputs) labels centred on their x; in a
+    narrow plot, or when base value and f(inputs) are close, they overlap. The plain tick values are
+    dropped (the ticks stay), and a close base value / f(inputs) pair is anchored away from each
+    other: the left one ends at its x, the right one starts there.
+    """
+    blocks = text.split(_AXIS_SVG)
+    return _AXIS_SVG.join([blocks[0], *(_separate(block) for block in blocks[1:])])
+
+
+def _separate(block: str) -> str:
+    found = list(_AXIS_TEXT.finditer(block))
+    base = next((m[1] for m in found if m[2] == "10" and m[4] == "base value"), None)
+    f = next((m[1] for m in found if m[2] == "10" and m[4] != "base value"), None)
+
+    def role(m: re.Match) -> str:
+        if m[2] == "10":
+            return "base" if m[4] == "base value" else "f"
+        if "bold" in m[3]:
+            return "f" if m[1] == f else "tick"
+        return "base" if m[1] == base and "stroke:#ffffff" in m[3] or (m[1] == base and m[1] != f) else "tick"
+
+    close = base is not None and f is not None and abs(float(base) - float(f)) < LABEL_GAP
+    left = "base" if close and float(base) <= float(f) else "f"
+
+    def relabel(m: re.Match) -> str:
+        r = role(m)
+        if r == "tick":
+            return ""
+        if not close:
+            return m[0]
+        return m[0].replace('text-anchor="middle"', f'text-anchor="{"end" if r == left else "start"}"')
+
+    return _AXIS_TEXT.sub(relabel, block)
+
+
 def fix_numpy_reprs(text: str) -> str:
     """Replace numpy-2 scalar reprs (``np.float64(0.5)``) by plain numbers, as CSS needs."""
     return _NP_REPR.sub(r"\1", text)
@@ -310,7 +467,7 @@ def text_plot_html(explanation: Any, *, cmax: float | None = None, how: str | No
                                base_values=float(base.sum()) if how == "sum" else 0.0)
     with np.printoptions(legacy="1.25"):
         out = shap.plots.text(exp, display=False, cmax=cmax)
-    return fix_numpy_reprs(out)
+    return separate_axis_labels(fix_numpy_reprs(out))
 
 
 # -- all figures ----------------------------------------------------------------------------------
@@ -342,6 +499,11 @@ def make_figures(run_dir: str | Path, cfg: CompareConfig | None = None,
         "overlap_heatmap": plot_heatmap(summary, store),
         "per_example": plot_per_example(overlap, store, seed=seed),
     }
+    from .behaviour import finetune_record
+
+    record = finetune_record(store)
+    if record is not None:
+        out["finetune_loss"] = plot_finetune_loss(record, store)
     for ex_id, exps in examples if examples is not None else examples_to_plot(run_dir, cfg):
         out[f"example_{ex_id}_tokens"] = plot_example_tokens(exps, ex_id, store, how=cfg.aggregate)
     log.info("wrote %d figures to %s", len(out), store.path(FIGURES_DIR))
@@ -370,7 +532,7 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px} .muted{color
 
 _HOW_TO_READ = """
 <p>Each explanation gives every <b>input token</b> of an example a SHAP value per <b>generated token</b>:
-how much that input token moves the model's score (log-odds by default) of the generated token,
+how much that input token moves the model's score of the generated token (here its <b>{unit}</b>),
 relative to the fully masked input. The same features (the tokens of the example's own input) are
 explained under every condition, so the explanations can be compared feature by feature.</p>
 <ul>
@@ -469,7 +631,8 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
 TEXT_PLOT_MAX_CELLS = 160
 
 
-def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str, Path], how: str) -> str:
+def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str, Path], how: str,
+                   unit: str = "log-odds") -> str:
     parts = []
     for ex_id, exps in examples:
         conds = [c for c in CONDITION_STEMS if c in exps]
@@ -479,13 +642,13 @@ def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str
         cmax = max(float(np.max(v)) if v.size else 0.0 for v in scale) or None
         cells = "".join(f"<div class=cond><h4>{html.escape(_label(c))}</h4>"
                         f"{text_plot_html(exps[c], cmax=cmax, how=None if full else how)}</div>" for c in conds)
-        what = ("hover or click a generated token (top) to see the attribution of its log-odds"
+        what = (f"hover or click a generated token (top) to see the attribution of its {unit}"
                 if full else f"values aggregated over the generated tokens ({how}); the input is too long for "
                              f"per-token plots (more than {TEXT_PLOT_MAX_CELLS} token pairs)")
         fig = figures.get(f"example_{ex_id}_tokens")
         parts.append(f"<h3>Example {ex_id}</h3>"
                      f"<p class=muted>SHAP text plots: {what}. One colour scale per example (|value| = "
-                     f"{_fmt(cmax)} is full colour); red raises the score, blue lowers it.</p>"
+                     f"{_fmt(cmax)} {unit} is full colour); red raises the score, blue lowers it.</p>"
                      f"<div class=grid>{cells}</div>" + (_img(fig, f"example {ex_id} tokens") if fig else ""))
     return "".join(parts)
 
@@ -502,7 +665,9 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
     examples = examples_to_plot(run_dir, cfg)
     figures = make_figures(run_dir, cfg, examples)
     man = store.manifest()
-    notes = man.get("stages", {}).get(STAGE, {}).get("notes", [])
+    unit = score_unit(store)
+    behaviour, warnings = behaviour_html(store, figures)
+    notes = warnings + man.get("stages", {}).get(STAGE, {}).get("notes", [])
     config = man.get("config") or {"compare": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     versions = man.get("versions") or man.get("packages") or {}
     artifacts = man.get("artifacts", {})
@@ -515,14 +680,16 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
 Aggregation over generated tokens: <b>{html.escape(cfg.aggregate)}</b>; bootstrap resamples: {cfg.n_bootstrap}.</p>
 {"".join(f'<div class=note>{html.escape(n)}</div>' for n in notes)}
 {verdicts_html(store)}
+<h2>What the model did</h2>{behaviour}
 <h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}")
-                          .replace("{fdr:g}", f"{cfg.fdr:g}").replace("{min_change:g}", f"{cfg.min_change:g}")}
+                          .replace("{fdr:g}", f"{cfg.fdr:g}").replace("{min_change:g}", f"{cfg.min_change:g}")
+                          .replace("{unit}", unit)}
 <h2>Headline: agreement with the baseline</h2>
 {summary_table_html(headline(summary))}
 <h2>Overlap@k</h2>{_img(figures["overlap_at_k"], "overlap at k")}
 <h2>Conditions against each other</h2>{_img(figures["overlap_heatmap"], "overlap heatmap")}
 <h2>Per-example distributions</h2>{_img(figures["per_example"], "per-example distributions")}
-<h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate)}
+<h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate, unit)}
 <h2>All metrics</h2>
 <details><summary>Every condition pair × scope × metric × k ({len(summary)} rows; also in <code>{SUMMARY_FILE}</code>)</summary>
 {summary_table_html(summary)}</details>

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import platform
@@ -28,6 +29,8 @@ import pandas as pd
 
 from .errors import ArtifactError
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 #: Columns of the long explanation table (one row per example × output token × input token).
 EXPLANATION_COLUMNS = ["example_id", "condition", "out_pos", "out_token", "in_pos", "in_token", "value", "base_value"]
@@ -40,11 +43,37 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give a file made by ``tempfile`` (mode 0600, folders 0700) the mode an ordinary ``open`` would:
+    0666 (folders and their contents recursively: 0777 for folders) less the umask."""
+    path, mask = Path(path), current_umask()
+    if path.is_dir():
+        for p in [path, *path.rglob("*")]:
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; artifacts get the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -255,18 +284,21 @@ def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], e
 def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False) -> tuple[list[int], list[Any]]:
     """The stored explanations of one condition.
 
-    The pickle is read only when its sha256 matches the manifest (loading a pickle runs code) or
-    ``trust_pickle`` is set; otherwise they are rebuilt from the Parquet table.
+    Both files of the condition (``<stem>.pkl`` and ``<stem>.parquet``) are checked against their
+    sha256 in the manifest before anything is read, whichever of them is then used: a damaged or
+    edited file stops the read with an :class:`ArtifactError` that names it (a pickle that fails the
+    check is never loaded: loading a pickle runs code). ``trust_pickle`` skips the pickle's check.
+    The pickle is read when present, else the explanations are rebuilt from the Parquet table.
     """
-    pkl = store.path(f"{stem}.pkl")
-    if pkl.exists():
-        try:
-            path = pkl if trust_pickle else store.verify(f"{stem}.pkl")
-            payload = pickle.loads(path.read_bytes())
-            return payload["example_ids"], payload["explanations"]
-        except ArtifactError:
-            pass  # fall back to the Parquet table, which is checked in turn
-    return frame_to_explanations(store.read_parquet(f"{stem}.parquet"))
+    pkl, table = f"{stem}.pkl", f"{stem}.parquet"
+    recorded = store.manifest().get("artifacts", {})
+    for name in (pkl, table):
+        if (name in recorded or store.path(name).exists()) and not (trust_pickle and name == pkl):
+            store.verify(name)
+    if store.path(pkl).exists():
+        payload = pickle.loads(store.path(pkl).read_bytes())
+        return payload["example_ids"], payload["explanations"]
+    return frame_to_explanations(store.read_parquet(table))
 
 
 # -- per-example checkpoints (resume) ---------------------------------------------------------------
@@ -290,15 +322,19 @@ class ExampleCheckpoint:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def start(self, resume: bool) -> dict[int, tuple[Any, dict]]:
-        """The examples already done (when resuming under the same fingerprint); else a fresh folder."""
+        """The examples already done (when resuming under the same fingerprint); else a fresh folder.
+
+        Unfinished results made under another fingerprint are discarded (and the log says so): they
+        can never be mixed into this configuration's results.
+        """
         if resume and self.dir.exists():
             found = self._fp_file().read_text().strip() if self._fp_file().exists() else None
-            if found != self.fingerprint:
-                raise ArtifactError(
-                    f"The unfinished results in {self.dir} were made with a different configuration "
-                    f"(fingerprint {found}, now {self.fingerprint}); they cannot be resumed into this run.",
-                    "Run again without --resume to start this stage fresh (its unfinished results are then discarded).")
-            return self.load()
+            if found == self.fingerprint:
+                return self.load()
+            n = len(list(self.dir.glob("example-*.npz")))
+            if n:
+                log.info("%s: %d unfinished example(s) were made with other settings (fingerprint %s, now %s); "
+                         "they are discarded and this stage starts afresh", self.dir, n, found, self.fingerprint)
         self.clear()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self._fp_file(), self.fingerprint.encode())
