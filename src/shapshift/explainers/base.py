@@ -61,13 +61,19 @@ class Attribution:
     n_evals: int = 0
     n_forward_tokens: int = 0
     data: list[str] | None = None  # feature strings, when the estimator tokenised the input itself
+    extras: dict[str, Any] = field(default_factory=dict)  # per-method facts for the stats (e.g. completeness_gap)
 
 
 class Estimator:
-    """Base class: one SHAP estimator with one ``attribute`` entry point."""
+    """Base class: one estimator with one ``attribute`` entry point.
+
+    ``is_shap``: the values are Shapley values (efficiency holds: ``base + Σ values = f(x)``); the
+    gradient and attention lenses set it False (their values mean something else, see their modules).
+    """
 
     name: str = ""
     deterministic: bool = True
+    is_shap: bool = True
 
     def attribute(self, task: ExplainTask) -> Attribution:  # pragma: no cover - interface
         raise NotImplementedError
