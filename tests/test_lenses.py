@@ -12,7 +12,13 @@ from scipy import stats as sstats
 
 from shapshift.config import ExplainConfig, RunConfig
 from shapshift.errors import ConfigError
-from shapshift.lenses import LENSES_FILE, LENSES_SUMMARY_FILE, example_rows, shift_to_noise, summarize_lenses
+from shapshift.lenses import (
+    LENSES_FILE,
+    LENSES_SUMMARY_FILE,
+    example_rows,
+    shift_to_noise,
+    summarize_lenses,
+)
 from shapshift.store import RunStore
 
 KS = (1, 3)

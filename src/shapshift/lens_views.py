@@ -59,7 +59,7 @@ def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
         ax.set_ylim(-1.05, 1.05)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("Spearman ρ with SHAP (95 % CI)")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, store, FIGURE)
 
 
@@ -148,6 +148,7 @@ def attention_heatmap(run_dir: str | Path, condition: str = BASELINE, example_id
     ax.set_yticks(range(values.shape[0]), [repr(str(t))[1:-1] for t in e.output_names], fontsize=8)
     ax.set_title(f"{LENS_LABELS.get(lens, lens)}, {condition}, example {ex_id}", fontsize=9)
     fig.colorbar(im, ax=ax, label="attention weight")
+    fig.tight_layout()
     return fig
 
 
