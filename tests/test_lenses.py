@@ -118,6 +118,7 @@ def test_a_run_with_lenses_writes_their_artifacts_tables_and_report_section(tmp_
     assert {"mean", "ci_low", "ci_high", "floor_mean", "wilcoxon_p"} <= set(summary.columns)
     report = store.path("report.html").read_text()
     assert "Do cheaper methods see the same change?" in report
+    assert "integrated gradients: median gap" in report  # the completeness gap, from the run's explain_stats
     assert store.path("figures/lenses_agreement.png").exists()
     # the lens artifacts go with their stage when it is run afresh
     from shapshift.pipeline import invalidate_from

@@ -75,6 +75,17 @@ def _timing(store: RunStore) -> pd.DataFrame:
     return df.groupby(["lens", "method"], sort=False)["seconds"].agg(["mean", "count"]).reset_index()
 
 
+def completeness_gaps(store: RunStore) -> dict[str, float]:
+    """Per gradient lens, the median over examples of ``Σ|gap| / Σ|f(x) - f(0)|`` (from the run's ``explain_stats``)."""
+    out: dict[str, list[float]] = {}
+    for per in store.manifest().get("explain_stats", {}).values():
+        for st in per:
+            if "completeness_gap" in st and "score_baseline" in st:
+                span = np.abs(np.asarray(st["score_full"]) - np.asarray(st["score_baseline"])).sum()
+                out.setdefault(st["method"], []).append(float(np.abs(st["completeness_gap"]).sum() / max(span, 1e-12)))
+    return {m: float(np.median(v)) for m, v in out.items()}
+
+
 def _fmt(x: Any) -> str:
     return "—" if x is None or not np.isfinite(float(x)) else f"{float(x):.2f}"
 
@@ -114,6 +125,8 @@ def report_section(run_dir: str | Path) -> str:
     timing = _timing(store)
     times = "".join(f"<li>{html.escape(LENS_LABELS.get(r.method, str(r.method)))}: {r.mean:.2f} s per example</li>"
                     for r in timing.itertuples()) if len(timing) else ""
+    gaps = "".join(f"<li>{html.escape(LENS_LABELS.get(m, m))}: median gap {_fmt(g)} of |f(x) − f(0)|</li>"
+                   for m, g in completeness_gaps(store).items())
     return f"""<h2>Do cheaper methods see the same change?</h2>
 <p>Every condition was also explained by the lenses {", ".join(html.escape(LENS_LABELS.get(m, m)) for m in stored_lenses(store))}
 (gradients and attention: one or a few backward or forward passes instead of SHAP's many). Left: how well each
@@ -125,6 +138,8 @@ itself; a lens near 0 sees something else. These values are not Shapley values: 
 (see the README's section on the lenses).</p>
 {_img(fig, "lens agreement with SHAP")}
 <ul>{noise}</ul><p>Time per example:</p><ul>{times}</ul>
+<p>How far the gradient values are from adding up to the score's change from the all-zero input embedding
+(integrated gradients: its completeness gap; input × gradient: its first-order error):</p><ul>{gaps}</ul>
 <details><summary>Every lens × condition × metric (also in <code>{LENSES_SUMMARY_FILE}</code>)</summary>
 {lens_table_html(summary)}</details>
 """

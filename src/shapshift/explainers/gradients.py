@@ -125,7 +125,7 @@ class _GradientLens(Estimator):
         base, full = _endpoints(f, baseline)
         values = _per_target(attr)
         gap = full - base - values.sum(axis=0)
-        extras = {"completeness_gap": gap, "score_full": full}
+        extras = {"completeness_gap": gap, "score_full": full, "score_baseline": base}
         return Attribution(values=values, base_values=base, n_evals=self.n_evals(task, f.n_out),
                            n_forward_tokens=f.n_forward_tokens + task.scorer.n_forward_tokens, extras=extras)
 
