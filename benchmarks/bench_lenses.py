@@ -5,7 +5,7 @@ template around ``Review: {input}\\nSentiment:``; half the sentences 6-10 tokens
 target is the model's greedy continuation, up to 10 tokens), explained in one run by
 
 - SHAP: ``auto`` (what a run uses: exact up to 5 tokens, then paired KernelSHAP with ``4n + 2``
-  evaluations) and ``exact`` (all ``2^n`` coalitions, n <= 10: the reference where it exists);
+  evaluations) and, with ``--exact``, ``exact`` (all ``2^n`` coalitions, n <= 10: a second reference);
 - the lenses ``input_x_gradient``, ``integrated_gradients`` (``--ig-steps`` Gauss-Legendre points),
   ``attention`` (last layer, mean over heads) and ``attention_rollout``.
 
@@ -15,7 +15,8 @@ gradients its completeness gap relative to ``|f(x) - f(0)|`` (for input × gradi
 how far its first-order sum is from that difference). Speeds are compared as ratios to
 ``auto`` on the same example in the same run, with bootstrap 95 % intervals over examples.
 
-    .venv/bin/python benchmarks/bench_lenses.py --threads 1     # the full run (~30 min on one CPU core)
+    .venv/bin/python benchmarks/bench_lenses.py --threads 1 --n-sst2 6   # the committed run: the first 3 short and
+                                                                          # 3 medium sentences of bench_explainers' 16
     .venv/bin/python benchmarks/bench_lenses.py --quick         # tiny-gpt-neo smoke run (seconds)
 
 Writes ``benchmarks/LENSES.md`` and ``benchmarks/lenses.csv`` (``--quick``: ``*_quick`` files).
@@ -86,7 +87,7 @@ def run(args) -> pd.DataFrame:
         explain_one(model, tok, warm, m, 2)
     rows = []
     for ex in examples:
-        methods = ["auto", *(["exact"] if ex.n <= EXACT_MAX else []), *LENSES]
+        methods = ["auto", *(["exact"] if args.exact and ex.n <= EXACT_MAX else []), *LENSES]
         values, seconds, gaps = {}, {}, {}
         for m in methods:
             exp, stats, sec = explain_one(model, tok, ex, m, args.ig_steps)
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-sst2", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=10)
     ap.add_argument("--ig-steps", type=int, default=32)
+    ap.add_argument("--exact", action="store_true", help="also exact Shapley values (n <= 10) as a second reference")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)

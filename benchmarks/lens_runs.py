@@ -10,7 +10,7 @@ own noise floor; SHAP's shift size over its re-estimation noise; seconds per exa
         --set 'explain.methods=[auto,integrated_gradients,attention]'
     .venv/bin/python benchmarks/lens_runs.py --name sst2 --config configs/demo.yaml \\
         --set data.source=../shared/datasets/sst2/dev.tsv --set data.input_column=sentence \\
-        --set 'data.label_names={"0": negative, "1": positive}' --set data.n_explain=6 \\
+        --set 'data.label_names={"0": negative, "1": positive}' --set data.n_explain=4 \\
         --set 'explain.methods=[auto,integrated_gradients,attention]'
 
 Writes ``benchmarks/lens_runs/<name>.md`` (and prints it); the run folder is ``outputs/lenses_<name>``
@@ -98,9 +98,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     run(cfg, STAGES, resume=args.resume)
     wall = time.perf_counter() - start
+    stages = RunStore(cfg.run_dir).manifest().get("stages", {})
+    recorded = sum(float(stages.get(st, {}).get("seconds") or 0) for st in STAGES)
     cmd = "python benchmarks/lens_runs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([f"## {args.name}: {cfg.model.spec}, {cfg.data.source}, {cfg.data.n_explain} examples", "",
-                      f"Command: `{cmd}` ({wall / 60:.1f} min wall, {args.threads} torch thread(s)); SHAP method "
+                      f"Command: `{cmd}` ({wall / 60:.1f} min wall here; the run's stages took {recorded / 60:.1f} min, "
+                      f"{args.threads} torch thread(s)); SHAP method "
                       f"`{cfg.explain.method}`, max_evals {cfg.explain.max_evals}, target `{cfg.explain.target}`, "
                       f"aggregate `{cfg.compare.aggregate}` over the generated tokens.", "", tables(cfg.run_dir), ""])
     out = HERE / "lens_runs"

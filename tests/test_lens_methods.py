@@ -98,13 +98,28 @@ def test_integrated_gradients_completeness_gap_shrinks_with_steps():
     assert gaps[-1] < 1e-3 < gaps[0], gaps
 
 
-def test_integrated_gradients_base_value_is_the_zero_embedding_score():
+@pytest.mark.parametrize("baseline", ["pad", "zero", "mean"])
+def test_integrated_gradients_base_value_is_the_baseline_embeddings_score(baseline):
+    """base_values = f(baseline embeddings); the default baseline puts the pad token's embedding at every input slot."""
+    model, tok = tiny("gpt2", torch.float64)
+    options = {} if baseline == "pad" else {"baseline": baseline}
+    task = task_for(model, tok, options=options)
+    [exp], [st] = explain_tasks([task], "integrated_gradients", progress=False)
+    table = model.get_input_embeddings().weight.detach().double()
+    row = {"pad": table[task.scorer.mask_token_id], "zero": torch.zeros(32, dtype=torch.float64),
+           "mean": table.mean(0)}[baseline]
+    ref = naive_scores(model, task, row.expand(task.n_features, -1).clone(), "log_odds")
+    np.testing.assert_allclose(exp.base_values, ref, rtol=1e-5)
+    np.testing.assert_allclose(st["score_full"], task.scorer.full(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st["score_baseline"], exp.base_values)
+
+
+def test_input_x_gradient_is_relative_to_the_zero_embedding():
     model, tok = tiny("gpt2", torch.float64)
     task = task_for(model, tok)
-    [exp], [st] = explain_tasks([task], "integrated_gradients", progress=False)
-    np.testing.assert_allclose(exp.base_values, naive_scores(model, task, torch.zeros(task.n_features, 32,
-                               dtype=torch.float64), "log_odds"), rtol=1e-5)
-    np.testing.assert_allclose(st["score_full"], task.scorer.full(), rtol=1e-5, atol=1e-6)
+    [exp], _ = explain_tasks([task], "input_x_gradient", progress=False)
+    ref = naive_scores(model, task, torch.zeros(task.n_features, 32, dtype=torch.float64), "log_odds")
+    np.testing.assert_allclose(exp.base_values, ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["neo", "gpt2", "llama"])

@@ -76,12 +76,23 @@ def _timing(store: RunStore) -> pd.DataFrame:
 
 
 def completeness_gaps(store: RunStore) -> dict[str, float]:
-    """Per gradient lens, the median over examples of ``Σ|gap| / Σ|f(x) - f(0)|`` (from the run's ``explain_stats``)."""
+    """Per gradient lens, the median over examples of ``Σ|gap| / Σ|f(x) - f(0)|`` (from the run's ``explain_stats``).
+
+    ``f(0)`` is the stats' ``score_baseline``, or for runs that did not record it the stored explanation's
+    ``base_values`` (the stats of a stem are in the order of its stored examples).
+    """
+    from .store import load_explanations
+
     out: dict[str, list[float]] = {}
-    for per in store.manifest().get("explain_stats", {}).values():
-        for st in per:
-            if "completeness_gap" in st and "score_baseline" in st:
-                span = np.abs(np.asarray(st["score_full"]) - np.asarray(st["score_baseline"])).sum()
+    for stem, per in store.manifest().get("explain_stats", {}).items():
+        if not any("completeness_gap" in st for st in per):
+            continue
+        bases = [st.get("score_baseline") for st in per]
+        if any(b is None for b in bases) and store.path(f"{stem}.parquet").exists():
+            bases = [e.base_values for e in load_explanations(store, stem)[1]]
+        for st, base in zip(per, bases, strict=False):
+            if "completeness_gap" in st and base is not None:
+                span = np.abs(np.asarray(st["score_full"]) - np.asarray(base)).sum()
                 out.setdefault(st["method"], []).append(float(np.abs(st["completeness_gap"]).sum() / max(span, 1e-12)))
     return {m: float(np.median(v)) for m, v in out.items()}
 

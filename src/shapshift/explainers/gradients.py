@@ -18,14 +18,15 @@ own column, so all targets are attributed in one Captum call (one backward pass 
 gradient, ``n_steps`` interpolation points for integrated gradients), and the fixed prefix runs
 once, its key/value cache shared by every row (as in the scorer). Attributing the output of the
 embedding layer with ``LayerIntegratedGradients`` would give the same numbers; feeding the
-embeddings directly lets the baseline be any vector (here: zero) and keeps the prefix cache.
+embeddings directly lets the baseline be any vector and keeps the prefix cache.
 
 Efficiency does not hold for either. Integrated gradients satisfies completeness against its
 baseline instead, ``Σ_i values[i, j] = f_j(x) - f_j(baseline)`` up to the path integral's error;
-``base_values`` is ``f(baseline)`` (the score with every input embedding set to zero) and
-:attr:`Attribution.extras` reports the gap ``f(x) - f(baseline) - Σ values`` per target token.
-Input × gradient is a first-order Taylor term of the same difference (exact for a linear model);
-its ``base_values`` is ``f(baseline)`` too.
+``base_values`` is ``f(baseline)`` (the score with every input token's embedding replaced by the pad
+token's, :data:`IG_BASELINE`; ``zero`` and ``mean`` are options) and :attr:`Attribution.extras` reports
+the gap ``f(x) - f(baseline) - Σ values`` per target token. Input × gradient, ``x · ∇f(x)``, is a
+first-order Taylor estimate of ``f(x) - f(0)`` (exact for a linear model); its ``base_values`` is
+``f(0)``, the score with every input embedding set to zero, and its ``completeness_gap`` that estimate's error.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from .base import Attribution, Estimator, ExplainTask, register
 
 #: Integrated gradients' default number of interpolation points (Gauss–Legendre, as Captum's default method).
 IG_STEPS = 32
+#: Integrated gradients' default reference input (``task.options["baseline"]``): every input token's embedding
+#: replaced by the pad token's. The all-zero embedding converges far more slowly on models that normalise their
+#: input (RMSNorm is scale-invariant, so the path from zero bends sharply near it): on two SST-2 prompts with
+#: SmolLM2 the gap at 32 steps was 125-480 % of |f(x) - f(baseline)| from zero and 23-44 % from the pad token.
+IG_BASELINE = "pad"
 #: Rows (interpolation points × target tokens) per forward/backward pass on the CPU.
 CPU_GRAD_ROWS = 32
 
@@ -92,6 +98,21 @@ class EmbeddingScore(torch.nn.Module):
         return token_scores(logits, self.targets.unsqueeze(0).expand(b, -1), self.task.score)
 
 
+def baseline_embeddings(task: ExplainTask, f: EmbeddingScore, kind: str) -> torch.Tensor:
+    """The reference input ``(1, n_in, d)``: ``zero``, ``pad`` (every input token replaced by the pad token's
+    embedding, the token of ``replace`` masking) or ``mean`` (the mean token embedding)."""
+    if kind == "zero":
+        return torch.zeros_like(f.features)
+    table = task.model.get_input_embeddings().weight.detach()
+    if kind == "mean":
+        row = table.mean(0)
+    elif kind == "pad":
+        row = table[task.scorer.mask_token_id]
+    else:
+        raise ValueError(f"options['baseline']={kind!r} is not zero, pad or mean")
+    return row.to(f.features.dtype).expand_as(f.features).clone()
+
+
 def grad_rows(task: ExplainTask, n_out: int) -> int:
     """Rows per Captum pass: the task's ``batch_size`` (else :data:`CPU_GRAD_ROWS`), at least one per target."""
     return max(n_out, int(task.batch_size or CPU_GRAD_ROWS))
@@ -116,10 +137,14 @@ class _GradientLens(Estimator):
     def _run(self, task: ExplainTask, f: EmbeddingScore, x: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
+    def baseline(self, task: ExplainTask) -> str:
+        """Input × gradient is a first-order expansion around the zero embedding: its reference is always zero."""
+        return "zero"
+
     def attribute(self, task: ExplainTask) -> Attribution:
         with torch.enable_grad():
             f = EmbeddingScore(task)
-            baseline = torch.zeros_like(f.features)
+            baseline = baseline_embeddings(task, f, self.baseline(task))
             x = f.features.detach().repeat(f.n_out, 1, 1).requires_grad_()  # one row per target token
             attr = self._run(task, f, x, baseline)
         base, full = _endpoints(f, baseline)
@@ -147,12 +172,16 @@ class InputXGradientLens(_GradientLens):
 
 @register
 class IntegratedGradientsLens(_GradientLens):
-    """Integrated gradients (Captum ``IntegratedGradients``) from the zero embedding to the input embeddings.
+    """Integrated gradients (Captum ``IntegratedGradients``) from a reference to the input embeddings.
 
-    ``task.options["n_steps"]`` interpolation points (default :data:`IG_STEPS`), Gauss–Legendre.
+    ``task.options["n_steps"]`` interpolation points (default :data:`IG_STEPS`), Gauss–Legendre;
+    ``task.options["baseline"]``: ``pad`` (default, :data:`IG_BASELINE`), ``zero`` or ``mean``.
     """
 
     name = "integrated_gradients"
+
+    def baseline(self, task: ExplainTask) -> str:
+        return str(task.options.get("baseline", IG_BASELINE))
 
     def steps(self, task: ExplainTask) -> int:
         return int(task.options.get("n_steps", IG_STEPS))
