@@ -15,8 +15,9 @@ gradients its completeness gap relative to ``|f(x) - f(0)|`` (for input × gradi
 how far its first-order sum is from that difference). Speeds are compared as ratios to
 ``auto`` on the same example in the same run, with bootstrap 95 % intervals over examples.
 
-    .venv/bin/python benchmarks/bench_lenses.py --threads 1 --n-sst2 6   # the committed run: the first 3 short and
-                                                                          # 3 medium sentences of bench_explainers' 16
+    # the committed run: the first 3 short and 3 medium sentences of bench_explainers' 16, their first
+    # 3 generated tokens (integrated gradients' cost grows with the number of generated tokens)
+    .venv/bin/python benchmarks/bench_lenses.py --threads 1 --n-sst2 6 --max-new-tokens 3
     .venv/bin/python benchmarks/bench_lenses.py --quick         # tiny-gpt-neo smoke run (seconds)
 
 Writes ``benchmarks/LENSES.md`` and ``benchmarks/lenses.csv`` (``--quick``: ``*_quick`` files).
