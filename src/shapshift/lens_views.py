@@ -212,11 +212,16 @@ def show_lens_views(run_dir: str | Path, conditions: tuple[str, ...] = (BASELINE
             continue
         display(HTML(lens_text_plots_html(run_dir, c, n_examples)))
         fig = attention_heatmap(run_dir, c)
-        if fig is not None:
-            display(fig)
-            import matplotlib.pyplot as plt
+        if fig is not None:  # as PNG: the report module switches matplotlib to Agg, which has no inline display
+            import io
 
+            import matplotlib.pyplot as plt
+            from IPython.display import Image
+
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
             plt.close(fig)
+            display(Image(data=buf.getvalue(), format="png"))
 
 
 def show_lens_comparison(run_dir: str | Path) -> None:
