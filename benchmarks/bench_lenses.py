@@ -11,8 +11,8 @@ target is the model's greedy continuation, up to 10 tokens), explained in one ru
 
 Per example and method: wall seconds (one torch thread by default), Spearman ρ of |value| summed over
 the generated tokens with ``auto`` and with ``exact``, top-3 overlap with them, and for integrated
-gradients its completeness gap relative to ``|f(x) - f(0)|`` (for input × gradient the same number is
-how far its first-order sum is from that difference). Speeds are compared as ratios to
+gradients its completeness gap relative to ``|f(x) - f(reference)|`` (for input × gradient the same
+number is how far its first-order sum is from ``f(x) - f(0)``). Speeds are compared as ratios to
 ``auto`` on the same example in the same run, with bootstrap 95 % intervals over examples.
 
     # the committed run: the first 3 short and 3 medium sentences of bench_explainers' 16, their first
@@ -132,7 +132,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
                     "ρ with auto": _mean_ci(g["rho_auto"]), "top-3 with auto": _mean_ci(g["top3_auto"]),
                     "ρ with exact (n ≤ 10)": _mean_ci(g.get("rho_exact", pd.Series(dtype=float))),
                     "top-3 with exact": _mean_ci(g.get("top3_exact", pd.Series(dtype=float))),
-                    "gap / |f(x) - f(0)|": _mean_ci(g["ig_gap"])})
+                    "gap / |f(x) - f(ref)|": _mean_ci(g["ig_gap"])})
     return pd.DataFrame(out)
 
 
@@ -168,9 +168,10 @@ def main(argv=None) -> int:
             f"({df['n_out'].min()}–{df['n_out'].max()} tokens). Values are summed over the generated tokens; "
             "ρ is Spearman's of |value|; intervals are bootstrap 95 % over examples; `time / auto` is the "
             "ratio to `auto` on the same example in the same run. Integrated gradients uses "
-            f"{args.ig_steps} Gauss–Legendre points from the zero embedding; `gap` is |f(x) - f(0) - Σ values| "
-            "/ |f(x) - f(0)| summed over the generated tokens (integrated gradients: its completeness gap; input × "
-            "gradient: how far its first-order sum is from the same difference).", "",
+            f"{args.ig_steps} Gauss–Legendre points from its default reference (the pad token's embedding at every "
+            "input position); `gap` is |f(x) - f(ref) - Σ values| / |f(x) - f(ref)| summed over the generated tokens "
+            "(integrated gradients: its completeness gap against that reference; input × gradient: how far its "
+            "first-order sum is from f(x) - f(0), its reference being the zero embedding).", "",
             markdown_table(summarise(df)), ""]
     (args.out / f"LENSES{suffix}.md").write_text("\n".join(text))
     print("\n".join(text))
