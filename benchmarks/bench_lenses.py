@@ -132,7 +132,7 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
                     "ρ with auto": _mean_ci(g["rho_auto"]), "top-3 with auto": _mean_ci(g["top3_auto"]),
                     "ρ with exact (n ≤ 10)": _mean_ci(g.get("rho_exact", pd.Series(dtype=float))),
                     "top-3 with exact": _mean_ci(g.get("top3_exact", pd.Series(dtype=float))),
-                    "gap / |f(x) - f(ref)|": _mean_ci(g["ig_gap"])})
+                    "relative gap": _mean_ci(g["ig_gap"])})
     return pd.DataFrame(out)
 
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
             "ρ is Spearman's of |value|; intervals are bootstrap 95 % over examples; `time / auto` is the "
             "ratio to `auto` on the same example in the same run. Integrated gradients uses "
             f"{args.ig_steps} Gauss–Legendre points from its default reference (the pad token's embedding at every "
-            "input position); `gap` is |f(x) - f(ref) - Σ values| / |f(x) - f(ref)| summed over the generated tokens "
+            "input position); `relative gap` is |f(x) - f(ref) - Σ values| / |f(x) - f(ref)| summed over the generated tokens "
             "(integrated gradients: its completeness gap against that reference; input × gradient: how far its "
             "first-order sum is from f(x) - f(0), its reference being the zero embedding).", "",
             markdown_table(summarise(df)), ""]
