@@ -76,7 +76,7 @@ def tables(run_dir: Path) -> str:
            "Seconds per example (every condition): "
            + ", ".join(f"{'lens ' if r.lens else 'SHAP '}{r.method} {r.mean:.2f} (n={int(r.count)})"
                        for r in timing.itertuples()) + ".", "",
-           "Median completeness gap of integrated gradients (Σ|gap| / Σ|f(x) − f(0)|): "
+           "Median completeness gap of the gradient lenses (Σ|gap| / Σ|f(x) − f(reference)|): "
            + ", ".join(f"{LENS_LABELS.get(m, m)} {g:.3f}" for m, g in completeness_gaps(store).items()) + "."]
     return "\n".join(out)
 

@@ -76,7 +76,7 @@ def _timing(store: RunStore) -> pd.DataFrame:
 
 
 def completeness_gaps(store: RunStore) -> dict[str, float]:
-    """Per gradient lens, the median over examples of ``Σ|gap| / Σ|f(x) - f(0)|`` (from the run's ``explain_stats``).
+    """Per gradient lens, the median over examples of ``Σ|gap| / Σ|f(x) - f(reference)|`` (from the run's ``explain_stats``).
 
     ``f(0)`` is the stats' ``score_baseline``, or for runs that did not record it the stored explanation's
     ``base_values`` (the stats of a stem are in the order of its stored examples).
@@ -136,7 +136,7 @@ def report_section(run_dir: str | Path) -> str:
     timing = _timing(store)
     times = "".join(f"<li>{html.escape(LENS_LABELS.get(r.method, str(r.method)))}: {r.mean:.2f} s per example</li>"
                     for r in timing.itertuples()) if len(timing) else ""
-    gaps = "".join(f"<li>{html.escape(LENS_LABELS.get(m, m))}: median gap {_fmt(g)} of |f(x) − f(0)|</li>"
+    gaps = "".join(f"<li>{html.escape(LENS_LABELS.get(m, m))}: median gap {_fmt(g)} of |f(x) − f(reference)|</li>"
                    for m, g in completeness_gaps(store).items())
     return f"""<h2>Do cheaper methods see the same change?</h2>
 <p>Every condition was also explained by the lenses {", ".join(html.escape(LENS_LABELS.get(m, m)) for m in stored_lenses(store))}
@@ -149,8 +149,9 @@ itself; a lens near 0 sees something else. These values are not Shapley values: 
 (see the README's section on the lenses).</p>
 {_img(fig, "lens agreement with SHAP")}
 <ul>{noise}</ul><p>Time per example:</p><ul>{times}</ul>
-<p>How far the gradient values are from adding up to the score's change from the all-zero input embedding
-(integrated gradients: its completeness gap; input × gradient: its first-order error):</p><ul>{gaps}</ul>
+<p>How far the gradient values are from adding up to the score's change from their reference input
+(integrated gradients: its completeness gap against the pad-token reference, which shrinks with more steps;
+input × gradient: its first-order error against the all-zero embedding):</p><ul>{gaps}</ul>
 <details><summary>Every lens × condition × metric (also in <code>{LENSES_SUMMARY_FILE}</code>)</summary>
 {lens_table_html(summary)}</details>
 """
