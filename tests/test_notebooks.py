@@ -48,7 +48,8 @@ def small_parameters(run_root: Path) -> dict:
         "max_input_tokens": 12, "n_explain": 2, "max_new_tokens": 2, "shap_method": "sampling",
         "max_evals": 32, "k_shot": 2, "max_steps": 2, "ks": "1, 3", "n_plot_examples": 2,
         "run_root": str(run_root), "run_name": RUN_NAME, "use_drive": False, "resume": True,
-        "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4",
+        "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4; "
+                          "explain.methods=[sampling, input_x_gradient, attention]",
     }
 
 
@@ -267,6 +268,8 @@ def test_baseline_notebook_shows_shap_text_plots(executed):
     assert TEXT_PLOT_CLASS in page and "_tp_" in page, "no shap.plots.text output in notebook 02"
     assert "rgba(" in page and "np.float64" not in page, "the text plot colours are not valid CSS"
     assert "label match" in page  # the generations table
+    assert "input × gradient" in page  # the gradient text plots beside SHAP's (explain.methods)
+    assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) >= 1  # the attention heatmap
 
 
 @pytest.mark.slow
@@ -276,6 +279,7 @@ def test_adapt_notebook_shows_every_condition(executed):
     for label in ("zero-shot", "few-shot", "fine-tuned"):
         assert label in page
     assert "before" in page and "after" in page  # the fine-tuning table
+    assert page.count("input × gradient") >= 3  # gradient text plots of every condition
     assert any("image/png" in o.get("data", {}) for o in outputs(nb))  # the loss curve
 
 
@@ -287,3 +291,5 @@ def test_overlap_notebook_shows_figures_and_report(executed):
     page = html_outputs(nb)
     assert "report.html" in page and "top-k overlap" in page
     assert re.search(r"<a [^>]*href='[^']*report\.html'", page), "report.html is not a clickable link"
+    assert "attention (last layer)" in page  # the lenses against SHAP
+    assert "Do cheaper methods see the same change?" in (executed["_run_dir"] / "report.html").read_text()

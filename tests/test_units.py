@@ -106,3 +106,14 @@ def test_partition_refuses_word_units():
     model, tok = tiny("gpt2")
     with pytest.raises(ConfigError, match="partition"):
         shapshift.explain(model, tok, ["Not bad."], targets=[" yes"], method="partition", unit="word", progress=False)
+
+
+@pytest.mark.parametrize("method", ["input_x_gradient", "attention"])
+def test_lenses_give_a_word_the_sum_of_its_tokens(method):
+    model, tok = tiny("llama")
+    text = "A friendly film. Not bad, really!"
+    [tokens] = shapshift.explain(model, tok, [text], targets=[" good"], method=method, progress=False)
+    [words] = shapshift.explain(model, tok, [text], targets=[" good"], method=method, unit="word", progress=False)
+    groups = feature_groups(tok, tok(text, add_special_tokens=False)["input_ids"], "word")
+    np.testing.assert_allclose(words.values, np.stack([tokens.values[g].sum(0) for g in groups]), atol=1e-5)
+    assert [t.strip() for t in words.data] == text.split()

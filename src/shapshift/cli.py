@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import (
     EXPLAIN_METHODS,
+    LENS_METHODS,
     MASKINGS,
     SCORES,
     ExplainConfig,
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="fixed template around the text, with an {input} slot")
     # defaults: the run configuration's (explain.* and generation.*), as for shapshift.explain()
     ex, gen = ExplainConfig(), GenerationConfig()
-    p.add_argument("--method", default=ex.method, choices=EXPLAIN_METHODS)
+    p.add_argument("--method", default=ex.method, choices=EXPLAIN_METHODS + LENS_METHODS)
     p.add_argument("--score", default=ex.score, choices=SCORES)
     p.add_argument("--masking", default=ex.masking, choices=MASKINGS)
     p.add_argument("--max-evals", type=int, default=ex.max_evals, help="budget of masked inputs (sampling estimators)")

@@ -20,6 +20,8 @@ import yaml
 from .errors import ConfigError
 
 EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarchical", "partition")
+#: The cheaper lenses beside SHAP (not Shapley values; :mod:`shapshift.explainers.gradients`, ``.attention``).
+LENS_METHODS = ("input_x_gradient", "integrated_gradients", "attention", "attention_rollout")
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
@@ -129,11 +131,26 @@ class ExplainConfig:
     precision: float | None = None
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
     unit: str = "token"  # token | word | sentence: the features (groups of the input's tokens, masked together)
+    methods: list[str] | None = None  # [SHAP method, lens, ...]: every condition explained with each; None: [method]
+
+    @property
+    def all_methods(self) -> list[str]:
+        """The methods every condition is explained with: the SHAP ``method`` first, then the lenses."""
+        return list(self.methods) if self.methods else [self.method]
 
     def validate(self) -> None:
         if self.method not in EXPLAIN_METHODS:
             raise ConfigError(f"explain.method={self.method!r} is unknown.",
-                              f"Choose one of {', '.join(EXPLAIN_METHODS)}.")
+                              f"Choose one of {', '.join(EXPLAIN_METHODS)} (SHAP estimators); the lenses "
+                              f"{', '.join(LENS_METHODS)} go in explain.methods after it.")
+        if self.methods is not None:
+            lenses = list(self.methods[1:])
+            bad = [m for m in lenses if m not in LENS_METHODS]
+            if not self.methods or self.methods[0] != self.method or bad or len(set(lenses)) != len(lenses):
+                raise ConfigError(
+                    f"explain.methods={self.methods!r} must start with the SHAP method explain.method={self.method!r} "
+                    f"and then name distinct lenses from {', '.join(LENS_METHODS)}.",
+                    f"Write e.g. explain.methods=[{self.method}, integrated_gradients, attention], or leave it null.")
         if self.score not in SCORES:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
         if self.masking not in MASKINGS:

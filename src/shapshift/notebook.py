@@ -872,3 +872,18 @@ def artifacts_table(run_dir: str | os.PathLike, stage: str | None = None) -> pd.
     if store.path(MANIFEST).exists():
         rows.append({"artifact": MANIFEST, "bytes": store.path(MANIFEST).stat().st_size, "sha256": "(the index)"})
     return pd.DataFrame(rows, columns=["artifact", "bytes", "sha256"]).set_index("artifact")
+
+
+# -- the lenses beside SHAP (explain.methods; shapshift.lens_views) --------------------------------------
+def show_lens_views(run_dir: str | os.PathLike, conditions: Sequence[str] = ("baseline",), n_examples: int = 2) -> None:
+    """Gradient text plots beside SHAP's and the attention heatmap (targets × input tokens) per condition."""
+    from .lens_views import show_lens_views as _show
+
+    _show(run_dir, tuple(conditions), n_examples)
+
+
+def show_lens_comparison(run_dir: str | os.PathLike) -> None:
+    """Each lens's agreement with SHAP and with SHAP's shift, per condition, and the figure."""
+    from .lens_views import show_lens_comparison as _show
+
+    _show(run_dir)

@@ -198,6 +198,11 @@ def invalidate_from(store: RunStore, stage: str, *, because: str | None = None, 
             store.path(name).unlink(missing_ok=True)
             man.get("artifacts", {}).pop(name, None)
         man.get("stages", {}).pop(st, None)
+    lens_files = {"explain": "02_*__*.*", "adapt": "03_*__*.*", "compare": "04_lenses*"}  # explain.methods' lenses
+    for path in [p for st in later if st in lens_files for p in sorted(store.dir.glob(lens_files[st]))]:
+        removed.append(path.name)
+        path.unlink(missing_ok=True)
+        man.get("artifacts", {}).pop(path.name, None)
     folders = [d for d, st in (("figures", "compare"), ("adapters", "adapt")) if st in later]
     if partial:
         folders += [f".partial/{stem}" for stem in _stage_stems(later)]
@@ -230,9 +235,14 @@ def _clear_partial(store: RunStore, stage: str) -> None:
 
 def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        rows: pd.DataFrame, parts: list[PromptParts], targets: list[list[int]], stem: str,
-                       condition: str, seed: int, resume: bool = False) -> tuple[list[Any], list[dict]]:
-    """Explain every row, saving each example as soon as it is done; a resumed run skips those."""
+                       condition: str, seed: int, resume: bool = False,
+                       method: str | None = None) -> tuple[list[Any], list[dict]]:
+    """Explain every row, saving each example as soon as it is done; a resumed run skips those.
+
+    ``method``: the estimator (default ``explain.method``; a lens writes ``<stem>__<lens>``, see :func:`_explain_lenses`).
+    """
     ex = cfg.explain
+    method = method or ex.method
     fingerprint = f"{stage_fingerprint(cfg, 'adapt' if stem.startswith('03_') else 'explain')}-{stem}-{seed}"
     checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
     done = checkpoint.start(resume)
@@ -247,18 +257,28 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
                          batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
                          unit=ex.unit)
-        [exp], [stats] = explain_tasks([task], ex.method, progress=False, reuse=reuse)
+        [exp], [stats] = explain_tasks([task], method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
-    meta = {"method": ex.method, "methods_used": methods, "score": ex.score, "masking": ex.masking,
+    meta = {"method": method, "methods_used": methods, "score": ex.score, "masking": ex.masking,
             "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
     store.update_manifest(explain_stats={stem: stats})
     return explanations, stats  # the checkpoint stays until the whole stage is done (a kill later loses nothing)
+
+
+def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, parts, targets, stem: str, condition: str,
+                    resume: bool = False) -> None:
+    """Explain the condition again with each lens of ``explain.methods`` (after the SHAP method): ``<stem>__<lens>``."""
+    from .lenses import lens_stem
+
+    for lens in cfg.explain.all_methods[1:]:
+        _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, lens_stem(stem, lens), condition,
+                           cfg.explain.seed, resume, method=lens)
 
 
 def generations_table(model, tokenizer, rows: pd.DataFrame, parts: list[PromptParts], condition: str,
@@ -317,6 +337,7 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         store.write_parquet(gens, "02_generations.parquet")
         exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline",
                                          cfg.explain.seed, resume)
+        _explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline", resume)
         if cfg.explain.noise_floor:
             _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume)
         matches = gens["label_match"].dropna()
@@ -367,6 +388,8 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
                 tables.append(gens)
                 results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
                                                            f"03_{condition}", condition, cfg.explain.seed, resume)
+                _explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, f"03_{condition}", condition,
+                                resume)
                 matches = own["label_match"].dropna()
                 info["accuracy"] = float(matches.mean()) if len(matches) else None
         if tables:
@@ -464,6 +487,10 @@ def compare_stage(cfg: RunConfig) -> pd.DataFrame:
     check_complete(store, cfg)
     with store.timed("compare", **stage_record(cfg, "compare")) as info:
         summary = run_compare(store.dir, cfg.compare)
+        if len(cfg.explain.all_methods) > 1:
+            from .lenses import run_lenses
+
+            run_lenses(store.dir, cfg.compare, cfg.explain.all_methods[1:])
         write_report(store.dir, cfg.compare)
         info["complete"] = True
     return summary

@@ -664,6 +664,9 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
     summary = read_summary(store)
     examples = examples_to_plot(run_dir, cfg)
     figures = make_figures(run_dir, cfg, examples)
+    from .lens_views import report_section  # the lenses beside SHAP ("" when the run has none)
+
+    lens_section = report_section(run_dir)
     man = store.manifest()
     unit = score_unit(store)
     behaviour, warnings = behaviour_html(store, figures)
@@ -689,6 +692,7 @@ Aggregation over generated tokens: <b>{html.escape(cfg.aggregate)}</b>; bootstra
 <h2>Overlap@k</h2>{_img(figures["overlap_at_k"], "overlap at k")}
 <h2>Conditions against each other</h2>{_img(figures["overlap_heatmap"], "overlap heatmap")}
 <h2>Per-example distributions</h2>{_img(figures["per_example"], "per-example distributions")}
+{lens_section}
 <h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate, unit)}
 <h2>All metrics</h2>
 <details><summary>Every condition pair × scope × metric × k ({len(summary)} rows; also in <code>{SUMMARY_FILE}</code>)</summary>

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import ExplainConfig, GenerationConfig
+from ..config import LENS_METHODS, ExplainConfig, GenerationConfig
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
@@ -198,7 +198,8 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         explanations[-1].precision, explanations[-1].n_evals = reached, att.n_evals
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
-                      "precision": round(reached, 4)})
+                      "precision": round(reached, 4),
+                      **{k: np.asarray(v).tolist() for k, v in att.extras.items()}})
     return explanations, stats
 
 
@@ -207,7 +208,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
             batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, precision: float | None = _EX.precision,
             unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens, stop_at_newline: bool = _GEN.stop_at_newline,
-            chat: bool = False, progress: bool = True) -> list[Any]:
+            chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -218,7 +219,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``(prefix, suffix)`` pair, or one of those per text.
     method: ``auto`` (:func:`choose_method`), ``exact``, ``sampling`` (antithetic permutations),
         ``kernel`` (paired KernelSHAP), ``hierarchical`` (chunks, then tokens) or ``partition``
-        (the shap library's path, kept as the reference).
+        (the shap library's path, kept as the reference); or a cheaper lens that is not SHAP:
+        ``input_x_gradient``, ``integrated_gradients`` (Captum, on the input embeddings, w.r.t. the
+        same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``.
     score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
     masking: ``attention`` (default), ``delete`` or ``replace`` (``partition`` always uses shap's
         ``Text`` masker, which writes ``...`` for masked tokens).
@@ -232,6 +235,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
         ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
+    options: method settings, e.g. ``{"n_steps": 64}`` for ``integrated_gradients``, ``{"rollout": True}``
+        for ``attention``, ``{"fanout": 4}`` for ``hierarchical``.
 
     Every default is the run configuration's (:class:`shapshift.config.ExplainConfig` and
     :class:`~shapshift.config.GenerationConfig`), and the arguments are checked by the same validation.
@@ -244,8 +249,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     fully masked score), ``data`` the input tokens, ``output_names`` the target tokens;
     ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
     """
-    ExplainConfig(method=method, score=score, masking=masking, max_evals=max_evals, batch_size=batch_size,
-                  seed=seed, precision=precision, unit=unit).validate()
+    # a lens is checked here, the SHAP estimators by the run configuration's validation
+    ExplainConfig(method=_EX.method if method in LENS_METHODS else method, score=score, masking=masking,
+                  max_evals=max_evals, batch_size=batch_size, seed=seed, precision=precision, unit=unit).validate()
     if targets is None:
         GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
     if isinstance(texts, str | PromptParts):  # one text given alone
@@ -268,6 +274,6 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
-                       max_evals=max_evals, seed=seed, precision=precision, unit=unit)
+                       max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}))
              for p, e, t in zip(parts, prompts, target_ids)]
     return explain_tasks(tasks, method, progress=progress)[0]

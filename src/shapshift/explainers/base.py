@@ -43,6 +43,17 @@ class ExplainTask:
         return len(self.groups) if self.groups is not None else len(self.prompt.input_ids)
 
     @property
+    def n_tokens(self) -> int:
+        return len(self.prompt.input_ids)
+
+    def pool(self, token_values: np.ndarray) -> np.ndarray:
+        """Per-token values ``(n_tokens, k)`` summed into the features ``(n_features, k)`` (a word's tokens add up)."""
+        token_values = np.asarray(token_values)
+        if self.groups is None:
+            return token_values
+        return np.stack([token_values[g].sum(axis=0) for g in self.groups])
+
+    @property
     def feature_strings(self) -> list[str]:
         """Each feature's text: its tokens decoded together (one token each when there are no groups)."""
         tokens = token_strings(self.tokenizer, self.prompt.input_ids)
@@ -104,13 +115,19 @@ class Attribution:
     n_evals: int = 0
     n_forward_tokens: int = 0
     data: list[str] | None = None  # feature strings, when the estimator tokenised the input itself
+    extras: dict[str, Any] = field(default_factory=dict)  # per-method facts for the stats (e.g. completeness_gap)
 
 
 class Estimator:
-    """Base class: one SHAP estimator with one ``attribute`` entry point."""
+    """Base class: one estimator with one ``attribute`` entry point.
+
+    ``is_shap``: the values are Shapley values (efficiency holds: ``base + Σ values = f(x)``); the
+    gradient and attention lenses set it False (their values mean something else, see their modules).
+    """
 
     name: str = ""
     deterministic: bool = True
+    is_shap: bool = True
 
     def attribute(self, task: ExplainTask) -> Attribution:  # pragma: no cover - interface
         raise NotImplementedError
