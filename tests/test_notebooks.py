@@ -291,5 +291,6 @@ def test_overlap_notebook_shows_figures_and_report(executed):
     page = html_outputs(nb)
     assert "report.html" in page and "top-k overlap" in page
     assert re.search(r"<a [^>]*href='[^']*report\.html'", page), "report.html is not a clickable link"
+    assert "beyond the estimator's noise" in page  # the answer opens the notebook
     assert "attention (last layer)" in page  # the lenses against SHAP
     assert "Do cheaper methods see the same change?" in (executed["_run_dir"] / "report.html").read_text()

@@ -887,3 +887,13 @@ def show_lens_comparison(run_dir: str | os.PathLike) -> None:
     from .lens_views import show_lens_comparison as _show
 
     _show(run_dir)
+
+
+def show_answer(run_dir: str | os.PathLike) -> None:
+    """The answer first, as the report opens: per condition, what changed beyond the estimator's noise
+    (``04_verdicts.csv``), in one sentence and a table."""
+    from IPython.display import HTML
+
+    from .report import verdicts_html
+
+    _display(HTML(verdicts_html(RunStore(run_dir)) or "<p>No verdicts yet: run stage 4 (compare) first.</p>"))
