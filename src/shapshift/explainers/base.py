@@ -10,7 +10,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..prompting import EncodedPrompt, PromptParts
-from ..scoring import TeacherForcedScorer
+from ..scoring import TeacherForcedScorer, make_scorer
 
 
 @dataclass
@@ -41,9 +41,8 @@ class ExplainTask:
 
     @cached_property
     def scorer(self) -> TeacherForcedScorer:
-        return TeacherForcedScorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
-                                   batch_size=self.batch_size, use_cache=self.use_cache,
-                                   prefix_cache=self.prefix_cache)
+        return make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
+                           batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
 
 
 @dataclass
