@@ -21,13 +21,12 @@ from shapshift.explainers import explain_tasks, make_task
 from shapshift.generation import generate
 from shapshift.prompting import build_prompt, encode_prompt
 from shapshift.remote import RemoteModel
-from shapshift.remote.local_server import llama_server
+from shapshift.remote.local_server import llama_server, smollm2_float32_gguf
 from shapshift.scoring import TeacherForcedScorer, scores_from_logprobs, token_scores
 
 pytestmark = pytest.mark.slow
 
-SENTENCES = ["a gorgeous, witty film", "the plot is thin and the acting is flat",
-             "it never quite comes together", "an utterly charming delight"]
+SENTENCES = ["a gorgeous, witty film", "the plot is thin", "it never comes together", "an utterly charming delight"]
 TEMPLATE = "Review: {input}\nSentiment:"
 
 
@@ -65,50 +64,100 @@ def test_the_probe_sees_a_text_only_server_that_needs_bos(remote):
     assert model.prepend_bos == tokenizer.bos_token_id
 
 
-def tasks_for(model, tokenizer, chat: bool, masking: str = "delete"):
+#: Two SST-2 dev sentences of 12-13 tokens, each a whole word with its space: llama-cpp-python's server takes text,
+#: and deleting such tokens leaves text that tokenises into exactly the kept tokens (so both sides see the same ones).
+AGREEMENT = [("the movie fails to live up to the sum of its parts .", " negative"),
+             ("minority report is exactly what the title indicates , a report .", " positive")]
+
+
+#: With the quantised file: 0.989 and 0.993 measured on these two sentences (the float32 copy: 1.000 and 1.000).
+QUANTISED_MIN_SPEARMAN = 0.98
+
+
+def kernel_tasks(model, tokenizer, bos: int | None):
     out = []
-    for text in SENTENCES:
-        parts = build_prompt(text, TEMPLATE, tokenizer, chat=chat)
-        target = tokenizer(" positive", add_special_tokens=False)["input_ids"]
-        out.append(make_task(model, tokenizer, parts, target, score="log_odds", masking=masking))
+    for text, answer in AGREEMENT:
+        parts = build_prompt(text, TEMPLATE, tokenizer, chat=False)
+        task = make_task(model, tokenizer, parts, tokenizer(answer, add_special_tokens=False)["input_ids"],
+                         score="log_odds", masking="delete", max_evals=2 * len(tokenizer(text)["input_ids"]) + 2, seed=0)
+        if bos is not None:
+            task.prompt.prefix_ids.insert(0, bos)
+        out.append(task)
     return out
 
 
-@pytest.mark.parametrize("chat", [True, False], ids=["chat-prompt", "plain-prompt"])
-def test_remote_deletion_values_agree_with_the_local_model(remote, smollm2, chat):
-    """Exact Shapley values under deletion masking: server (quantised kernels) vs the de-quantised local model."""
+def agreement(model, local, tokenizer) -> list[float]:
+    """Spearman correlations, per example, of KernelSHAP values (same seed, so the same coalitions) under deletion
+    masking through the server and from the local model, on the same tokens."""
+    remote_exps, _ = explain_tasks(kernel_tasks(model, tokenizer, None), "kernel", progress=False)
+    # the server puts BOS in front of these plain prompts (its log-probs are aligned only after it): so does the local model
+    local_exps, _ = explain_tasks(kernel_tasks(local, tokenizer, model.prepend_bos), "kernel", progress=False)
+    out = []
+    for r, lo in zip(remote_exps, local_exps):
+        assert r.values.shape == lo.values.shape and r.values.shape[0] >= 12
+        out.append(spearmanr(r.values.ravel(), lo.values.ravel()).statistic)
+        print(f"spearman={out[-1]:.4f} max|diff|={np.abs(r.values - lo.values).max():.4f} "
+              f"base {r.base_values[0]:.4f} vs {lo.base_values[0]:.4f}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def float32_remote(tmp_path_factory):
+    """The server on the float32 copy of the GGUF: exactly the local model's weights, float32 kernels."""
+    with llama_server(model_path=smollm2_float32_gguf(), log_dir=tmp_path_factory.mktemp("f32")) as spec:
+        model, tokenizer = load_model(spec)
+        yield model, tokenizer
+        model.close()
+
+
+def test_remote_deletion_values_equal_the_local_models_on_the_same_weights(float32_remote, smollm2):
+    """On the same weights the remote path adds nothing: the same values up to float32 summation order."""
+    model, tokenizer = float32_remote
+    rhos = agreement(model, smollm2[0], tokenizer)
+    assert min(rhos) >= 0.99
+    assert model.n_retokenised == 0
+
+
+def test_remote_deletion_values_agree_with_the_local_model_despite_quantised_kernels(remote, smollm2):
+    """The server on the quantised file itself (the offline default's): llama.cpp's Q4_1 kernels round the
+    activations to 8 bits, which moves each score by tenths of a nat, so close values may swap ranks."""
     model, tokenizer = remote
     local, _ = smollm2
-    remote_exps, _ = explain_tasks(tasks_for(model, tokenizer, chat), "exact", progress=False)
-    local_tasks = tasks_for(local, tokenizer, chat)
-    if not chat:  # the server sees BOS in front of a plain prompt (its alignment needs it): so does the local model
-        for t in local_tasks:
-            t.prompt.prefix_ids.insert(0, tokenizer.bos_token_id)
-    local_exps, _ = explain_tasks(local_tasks, "exact", progress=False)
-    for r, lo in zip(remote_exps, local_exps):
-        rho = spearmanr(r.values.ravel(), lo.values.ravel()).statistic
-        print(f"chat={chat} n={r.values.shape[0]} spearman={rho:.4f} max|diff|={np.abs(r.values - lo.values).max():.3f} "
-              f"base {r.base_values[0]:.3f} vs {lo.base_values[0]:.3f}")
-        assert rho >= 0.98
-        np.testing.assert_allclose(r.base_values, lo.base_values, atol=0.5)
+    rhos = agreement(model, local, tokenizer)
+    assert min(rhos) >= QUANTISED_MIN_SPEARMAN
 
 
-def test_replace_masking_and_log_prob_agree_with_the_local_model(remote, smollm2):
-    model, tokenizer = remote
+def test_replace_masking_and_log_prob_agree_with_the_local_model(float32_remote, smollm2):
+    """Replacement masking in a chat prompt (its inner <|im_start|> tokens are not echoed by llama-cpp-python)."""
+    model, tokenizer = float32_remote
     local, _ = smollm2
     parts = build_prompt(SENTENCES[1], TEMPLATE, tokenizer, chat=True)
     prompt = encode_prompt(parts, tokenizer)
     target = tokenizer(" negative", add_special_tokens=False)["input_ids"]
-    masks = np.random.default_rng(0).random((12, len(prompt.input_ids))) < 0.5
+    masks = np.random.default_rng(0).random((6, len(prompt.input_ids))) < 0.5
     mine = model.make_scorer(prompt, target, score="log_prob", masking="replace")(masks)
     ref = TeacherForcedScorer(local, prompt, target, score="log_prob", masking="replace")(masks)
+    np.testing.assert_allclose(mine, ref, atol=0.05)
     assert spearmanr(mine.ravel(), ref.ravel()).statistic >= 0.98
-    np.testing.assert_allclose(mine, ref, atol=0.5)
+
+
+def test_text_prompts_the_server_tokenises_differently_are_counted(remote):
+    """Deleting part of a hyphenated word leaves text the server tokenises into other tokens: counted, not hidden."""
+    model, tokenizer = remote
+    prompt = encode_prompt(build_prompt("good old-fashioned slash-and-hack is back !", TEMPLATE, tokenizer, chat=False),
+                           tokenizer)
+    target = tokenizer(" positive", add_special_tokens=False)["input_ids"]
+    before = model.n_retokenised
+    masks = np.ones((3, len(prompt.input_ids)), dtype=bool)
+    masks[0, 2] = masks[1, 4] = masks[2, 6] = False  # "-" or "fashioned" or "-" gone: neighbours merge
+    model.make_scorer(prompt, target)(masks)
+    assert model.n_retokenised > before
+    assert model.usage_dict()["retokenised_prompts"] == model.n_retokenised
 
 
 def test_identical_prompts_are_sent_once(remote):
     model, tokenizer = remote
-    prompt = encode_prompt(build_prompt(SENTENCES[2], TEMPLATE, tokenizer, chat=True), tokenizer)
+    prompt = encode_prompt(build_prompt(SENTENCES[2], TEMPLATE, tokenizer, chat=False), tokenizer)
     target = tokenizer(" negative", add_special_tokens=False)["input_ids"]
     scorer = model.make_scorer(prompt, target, score="log_odds")
     masks = np.random.default_rng(1).random((6, len(prompt.input_ids))) < 0.5
@@ -151,9 +200,10 @@ def test_explain_through_the_server_generates_and_explains(remote, smollm2):
                     progress=False)
     assert exp.values.shape[1] >= 1
     full = exp.base_values + exp.values.sum(0)
-    prompt = encode_prompt(build_prompt(SENTENCES[3], TEMPLATE, tokenizer, chat=True), tokenizer)
-    # the generation is the local model's greedy continuation too (same weights, quantised kernels)
-    [local_gen] = generate(local, tokenizer, [prompt.ids], max_new_tokens=2, progress=False)
+    prompt = encode_prompt(build_prompt(SENTENCES[3], TEMPLATE, tokenizer, chat=False), tokenizer)
+    # the generation is the local model's greedy continuation too (same weights, quantised kernels), given the
+    # same tokens: the server's BOS in front
+    [local_gen] = generate(local, tokenizer, [[model.prepend_bos, *prompt.ids]], max_new_tokens=2, progress=False)
     [remote_gen] = generate(model, tokenizer, [prompt.ids], max_new_tokens=2, progress=False)
     assert remote_gen == local_gen
     ref = model.make_scorer(prompt, remote_gen, score="log_odds").full()
@@ -206,7 +256,7 @@ def test_failed_requests_are_retried_and_counted(remote, server):
     try:
         flaky = RemoteModel(f"http://127.0.0.1:{proxy.port}/v1", tokenizer)
         flaky.client.backoff_s = 0.01
-        prompt = encode_prompt(build_prompt(SENTENCES[0], TEMPLATE, tokenizer, chat=True), tokenizer)
+        prompt = encode_prompt(build_prompt(SENTENCES[0], TEMPLATE, tokenizer, chat=False), tokenizer)
         target = tokenizer(" positive", add_special_tokens=False)["input_ids"]
         masks = np.random.default_rng(2).random((4, len(prompt.input_ids))) < 0.5
         got = flaky.make_scorer(prompt, target)(masks)

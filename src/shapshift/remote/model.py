@@ -106,25 +106,44 @@ class RemoteModel:
         """One request (two or three at most) before any budget is spent; raises a clear error on any problem."""
         ids = self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
         try:
-            answer = self.client.post("/completions", self._payload(ids), max_retries=1)
-        except HTTPStatusError as exc:
-            if exc.status not in (400, 422):
-                raise self._no_logprobs(exc.body) from None
+            answer = self.client.post("/completions", self._payload(ids), max_retries=0)
+        except HTTPStatusError as exc:  # llama-cpp-python answers 500 to a list of ids, vLLM 400 to what it lacks
+            log.info("%s refused a prompt of token ids (%d); trying text", self.base_url, exc.status)
             self.accepts_ids = False  # a server that takes text prompts only
-            log.info("%s takes text prompts only; prompts are sent as text and tokenised by the server", self.base_url)
             answer = self._probe_text(ids)
-        logp, tokens = self._parse(answer, ids)
-        self._check_tokens(ids, tokens)
-        if not self._aligned(logp, ids):
+            log.info("%s takes text prompts only; prompts are sent as text and tokenised by the server", self.base_url)
+        if not self._aligned(self._probe_logprobs(answer, ids)):
             bos = getattr(self.tokenizer, "bos_token_id", None)
-            if bos is None or ids[0] == bos:
+            if bos is None:
                 raise self._misaligned()
-            logp, _ = self._parse(self.client.post("/completions", self._payload([bos] + ids), max_retries=1), [bos] + ids)
-            if not self._aligned(logp, [bos] + ids):
+            again = self.client.post("/completions", self._payload([bos] + ids), max_retries=1)
+            if not self._aligned(self._probe_logprobs(again, ids)):
                 raise self._misaligned()
             self.prepend_bos = int(bos)
             log.warning("%s aligns prompt log-probabilities only after the BOS token (%r): prompts that do not start "
                         "with it are sent with it in front", self.base_url, self.tokenizer.bos_token)
+
+    def _probe_logprobs(self, answer: dict, ids: list[int]) -> np.ndarray:
+        """The echoed log-probs of the probe's tokens but the first, found by their strings (a server may echo BOS
+        or not, and llama-cpp-python drops the last prompt token's entry when it misaligns)."""
+        values, tokens, _ = self._echo(answer)
+        mine = [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+        if tokens is None:
+            log.warning("%s echoes no token strings: the tokenizer cannot be checked against the server's", self.base_url)
+            start = 0
+        else:
+            start = next((o for o in range(3) if tokens[o:o + len(ids)] == mine), None)
+            if start is None:
+                raise ModelError(
+                    f"The server's tokens differ from the local tokenizer's: the probe {PROBE_TEXT[:30]!r}... is "
+                    f"{tokens[:8]} there and {mine[:8]} here, so the features would not be the tokens you see.",
+                    "Set model.tokenizer to the served model's tokenizer (its hub id or a local folder), or serve the "
+                    "model that matches it.")
+        found = values[start + 1:start + len(ids)]
+        if len(found) < len(ids) - 1 or any(v is None for v in found):
+            raise self._no_logprobs(f"{sum(v is not None for v in found)} prompt log-probabilities for a "
+                                    f"{len(ids)}-token prompt")
+        return np.asarray(found, dtype=np.float64)
 
     def _probe_text(self, ids: list[int]) -> dict:
         try:
@@ -132,20 +151,11 @@ class RemoteModel:
         except HTTPStatusError as exc:
             raise self._no_logprobs(exc.body) from None
 
-    def _aligned(self, logp: np.ndarray, ids: list[int]) -> bool:
-        third = len(ids) * 2 // 3  # the pattern's last round
+    def _aligned(self, logp: np.ndarray) -> bool:
+        third = (len(logp) + 1) * 2 // 3  # the pattern's last round
         mean = float(np.mean(logp[third:]))
-        log.debug("probe: mean log-prob of the last round %.2f", mean)
+        log.info("probe: mean log-prob of the pattern's last round %.2f nats", mean)
         return mean > ALIGNED_MIN_LOGPROB
-
-    def _check_tokens(self, ids: list[int], tokens: list[str] | None) -> None:
-        mine = [self.tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
-        if tokens is not None and tokens[-len(ids):] != mine:
-            raise ModelError(
-                f"The server's tokens differ from the local tokenizer's: the probe {PROBE_TEXT[:30]!r}... is "
-                f"{tokens[-len(ids):][:8]} there and {mine[:8]} here, so the features would not be the tokens you see.",
-                "Set model.tokenizer to the served model's tokenizer (its hub id or a local folder), or serve the "
-                "model that matches it.")
 
     def _no_logprobs(self, detail: str) -> ModelError:
         return ModelError(
@@ -176,8 +186,8 @@ class RemoteModel:
             payload["model"] = self.served_name
         return payload
 
-    def _parse(self, answer: dict, ids: Sequence[int]) -> tuple[np.ndarray, list[str] | None]:
-        """The prompt's log-probs ``(n_prompt - 1,)`` (first token has none) and the server's token strings."""
+    def _echo(self, answer: dict) -> tuple[list, list[str] | None, int]:
+        """The echoed ``token_logprobs``, ``tokens`` (or None) and the number of generated tokens of an answer."""
         try:
             choice = answer["choices"][0]
             lp = choice.get("logprobs") or {}
@@ -187,12 +197,19 @@ class RemoteModel:
             raise self._no_logprobs(str(answer)[:300]) from None
         if not values:
             raise self._no_logprobs(f"no token_logprobs in {str(choice)[:200]}")
-        n_prompt = len(values) - n_generated
         tokens = lp.get("tokens")
-        tokens = list(tokens[:n_prompt]) if isinstance(tokens, list) else None
+        return list(values), list(tokens) if isinstance(tokens, list) else None, n_generated
+
+    def _parse(self, answer: dict, ids: Sequence[int]) -> tuple[np.ndarray, list[str] | None]:
+        """The prompt's log-probs ``(n_prompt - 1,)`` (first token has none) and the server's token strings."""
+        values, tokens, n_generated = self._echo(answer)
+        n_prompt = len(values) - n_generated
+        tokens = tokens[:n_prompt] if tokens is not None else None
         if n_prompt < 2 or any(v is None for v in values[1:n_prompt]):
             raise self._no_logprobs(f"{n_prompt} prompt log-probabilities for a {len(ids)}-token prompt")
-        if n_prompt != len(ids) and not self.accepts_ids:
+        # llama-cpp-python leaves BOS tokens out of its echo (a chat prompt's <|im_start|> included)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if not self.accepts_ids and n_prompt != sum(1 for i in ids if i != bos):
             self.n_retokenised += 1
         return np.asarray(values[1:n_prompt], dtype=np.float64), tokens
 
