@@ -1,13 +1,14 @@
 """The remote scorer against the local one: seconds and requests per example, and concurrency's speed-up.
 
-SST-2 dev sentences in the SmolLM2 chat prompt, the reference label as the target, KernelSHAP (paired,
+SST-2 dev sentences in the plain prompt ``Review: {input}\nSentiment:`` (``--chat``: SmolLM2's chat
+prompt, about 30 tokens longer), the reference label as the target, KernelSHAP (paired,
 ``4n + 2`` coalitions, seed 0) under deletion masking, explained
 - by the local model (the GGUF de-quantised into torch, one torch thread), and
 - through llama-cpp-python's server serving the same GGUF (one thread), with 1, 4 and 16 requests in
   flight; every concurrency starts with an empty prompt cache (a fresh remote model).
 The values are compared with the local ones (Spearman per example), the speeds as ratios in this one run.
 
-    .venv/bin/python benchmarks/bench_remote.py --threads 1      # ~15 min, 2 CPU cores
+    .venv/bin/python benchmarks/bench_remote.py --threads 1 --n 3      # ~15 min on 2 busy CPU cores
 
 Writes ``benchmarks/remote.csv`` and prints the table of ``benchmarks/REMOTE.md``.
 """
@@ -26,20 +27,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ANSWERS,
+    TEMPLATE,
+    Example,
     load_average,
     load_sst2,
     machine_info,
     pick_sentences,
     spearman,
-    sst2_example,
 )
 
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.models import load_model  # noqa: E402
+from shapshift.prompting import build_prompt, encode_prompt  # noqa: E402
 from shapshift.remote.local_server import llama_server  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("bench_remote")
+
+
+def example(tok, sentence: str, name: str, chat: bool) -> Example:
+    """The prompt of one sentence; a plain one starts with BOS, as llama-cpp-python's server needs (both sides see it)."""
+    parts = build_prompt(sentence, TEMPLATE, tok, chat=chat)
+    prompt = encode_prompt(parts, tok)
+    if prompt.prefix_ids[0] != tok.bos_token_id:
+        prompt.prefix_ids.insert(0, tok.bos_token_id)
+    return Example(name, "sst2", parts, prompt)
 
 
 def tasks(model, tok, examples, targets):
@@ -64,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hi", type=int, default=14, help="most input tokens")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--threads", type=int, default=1, help="torch threads and server threads")
+    ap.add_argument("--chat", action="store_true", help="SmolLM2's chat prompt instead of the plain one")
     ap.add_argument("--out", type=Path, default=HERE / "remote.csv")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -71,7 +84,7 @@ def main(argv=None) -> int:
     local, tok = load_model("smollm2-135m")
     df = load_sst2("dev")
     rows = pick_sentences(df, tok, args.n, args.lo, args.hi, seed=0)
-    examples = [sst2_example(tok, df.sentence[i], f"dev{i}") for i in rows]
+    examples = [example(tok, df.sentence[i], f"dev{i}", args.chat) for i in rows]
     targets = [tok(ANSWERS[int(df.label[i])], add_special_tokens=False)["input_ids"] for i in rows]
     log.info("load %s; %d examples of %s input tokens", load_average(), len(examples), [ex.n for ex in examples])
 
