@@ -169,7 +169,7 @@ class RemoteModel:
     def _misaligned(self) -> ModelError:
         return ModelError(
             f"The prompt log-probabilities of {self.base_url} do not match the prompt's tokens (the probe's "
-            "predictable third round scores low), so they cannot be used as scores.",
+            "predictable count scores low), so they cannot be used as scores.",
             f"Use a server known to return them aligned: {KNOWN_SERVERS}.")
 
     # -- requests ------------------------------------------------------------------------------------
