@@ -186,13 +186,14 @@ def test_hierarchical_is_exact_on_short_inputs(tiny_neo, neo_table):
 def test_choose_method_and_auto_budget():
     assert choose_method(3) == "exact"
     assert choose_method(AUTO_EXACT_MAX) == "exact"
-    assert choose_method(AUTO_EXACT_MAX + 1) == "kernel"
-    assert choose_method(AUTO_HIERARCHICAL_MIN) == "kernel"
+    assert choose_method(AUTO_EXACT_MAX + 1) == "quadrature"
+    assert choose_method(AUTO_HIERARCHICAL_MIN) == "quadrature"
     assert choose_method(AUTO_HIERARCHICAL_MIN + 1) == "hierarchical"
     assert choose_method(40, "sampling") == "sampling"
     assert auto_budget("kernel", 20, 512) <= 512
     assert auto_budget("kernel", 20, 30) == 30
     assert auto_budget("hierarchical", 1000, 512) == 512
+    assert auto_budget("quadrature", 20, 512) == 82
 
 
 def test_known_answer_capital_of_france_with_auto(smollm2):

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import overlap as ov
+from . import shift
 from .config import CompareConfig
 from .errors import ArtifactError
 from .stats import bootstrap_mean_ci, holm, wilcoxon_paired
@@ -52,6 +53,10 @@ CONDITION_STEMS = {
     "finetuned": "03_finetuned",
 }
 OVERLAP_FILE = "04_overlap.parquet"
+#: Per-feature changes and per-example verdicts against the estimator's noise (:mod:`shapshift.shift`).
+CHANGES_FILE = "04_changes.parquet"
+VERDICTS_FILE = "04_verdicts.parquet"
+VERDICT_SUMMARY_FILE = "04_verdicts.csv"
 CURVES_FILE = "04_overlap_curves.parquet"
 SUMMARY_FILE = "04_summary.csv"
 #: The manifest's ``stages`` entry of :func:`run_compare` (time, conditions, pairs, notes).
@@ -266,15 +271,43 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
             columns=["example_id", "condition_a", "condition_b", "k", "n_features", "value"])
         deterministic = baseline_is_deterministic(store) if NOISE_FLOOR not in conditions else None
         summary = summarize(overlap, n_bootstrap=cfg.n_bootstrap, seed=seed, deterministic=deterministic)
+        verdicts, changes, verdict_summary = compare_to_baseline(loaded, cfg)
         store.write_parquet(overlap, OVERLAP_FILE)
         store.write_parquet(curves_df, CURVES_FILE)
-        atomic_write_bytes(store.path(SUMMARY_FILE), summary.to_csv(index=False).encode())
-        store.record(SUMMARY_FILE)
+        store.write_parquet(changes, CHANGES_FILE)
+        store.write_parquet(verdicts, VERDICTS_FILE)
+        for name, table in ((SUMMARY_FILE, summary), (VERDICT_SUMMARY_FILE, verdict_summary)):
+            atomic_write_bytes(store.path(name), table.to_csv(index=False).encode())
+            store.record(name)
+        info["verdicts"] = verdict_summary["sentence"].tolist() if len(verdict_summary) else []
         info["notes"] = run_notes(conditions, deterministic)
         info["n_examples"] = int(overlap["example_id"].nunique()) if len(overlap) else 0
     for note in info["notes"]:
         log.info("compare: %s", note)
     return summary
+
+
+def compare_to_baseline(loaded: dict[str, Explanations], cfg: CompareConfig) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                                                      pd.DataFrame]:
+    """Each condition (and the rerun, as a check of false alarms) against the baseline, feature by feature.
+
+    Returns ``(verdicts, changes, summary)``: :data:`shift.VERDICT_COLUMNS` per example,
+    :data:`shift.CHANGE_COLUMNS` per feature, and :func:`shift.summarize_verdicts` per condition.
+    """
+    verdicts, changes = [], []
+    for pair in condition_pairs(list(loaded)):
+        if pair[0] != BASELINE:
+            continue
+        v, c = shift.compare_changes(loaded[pair[0]], loaded[pair[1]], pair, how=cfg.aggregate, fdr=cfg.fdr,
+                                     min_change=cfg.min_change, seed=cfg.seed)
+        verdicts.append(v)
+        changes.append(c)
+    verdicts_df = pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame(columns=shift.VERDICT_COLUMNS)
+    changes_df = pd.concat(changes, ignore_index=True) if changes else pd.DataFrame(columns=shift.CHANGE_COLUMNS)
+    summary = shift.summarize_verdicts(verdicts_df, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    for sentence in summary.get("sentence", []):
+        log.info("compare: %s", sentence)
+    return verdicts_df, changes_df, summary
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

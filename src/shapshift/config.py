@@ -19,11 +19,13 @@ import yaml
 
 from .errors import ConfigError
 
-EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "hierarchical", "partition")
+EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarchical", "partition")
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
+UNITS = ("token", "word", "sentence")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")
@@ -125,6 +127,10 @@ class ExplainConfig:
     ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`).
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
     ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
+    ``precision``: explain to this expected rank agreement of two independent runs (0 < p < 1; Spearman
+    of ``|value|`` summed over outputs, from the standard errors), spending evaluations in rounds up to
+    ``max_evals``; ``auto``, ``quadrature``, ``kernel`` and ``sampling``. ``None``: ``auto`` aims at its
+    device default (:func:`shapshift.explainers.api.auto_precision`), the others spend ``max_evals``.
 
     These defaults are also :func:`shapshift.explain`'s keyword defaults (one source of truth).
     """
@@ -136,7 +142,9 @@ class ExplainConfig:
     masking: str = "attention"
     target: str = "baseline"
     seed: int = 0
+    precision: float | None = None
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
+    unit: str = "token"  # token | word | sentence: the features (groups of the input's tokens, masked together)
 
     def validate(self) -> None:
         if self.method not in EXPLAIN_METHODS:
@@ -146,6 +154,11 @@ class ExplainConfig:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
         if self.masking not in MASKINGS:
             raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(MASKINGS)}.")
+        if self.unit not in UNITS:
+            raise ConfigError(f"explain.unit={self.unit!r} is unknown.", f"Use one of {', '.join(UNITS)}.")
+        if self.unit != "token" and self.method == "partition":
+            raise ConfigError(f"explain.method=partition explains tokens only (shap's Text masker), not {self.unit}s.",
+                              "Use explain.unit=token with partition, or another method (auto, kernel, ...).")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
                               "Leave it empty (null) to choose it from the device's memory.")
@@ -153,6 +166,10 @@ class ExplainConfig:
             raise ConfigError(f"explain.target={self.target!r} is unknown.", "Use baseline, own or reference.")
         if self.max_evals < 2:
             raise ConfigError("explain.max_evals must be at least 2.")
+        if self.precision is not None and not (isinstance(self.precision, int | float) and 0 < self.precision < 1):
+            raise ConfigError(f"explain.precision={self.precision!r} must be a number between 0 and 1 (exclusive).",
+                              "Use e.g. 0.95 (two runs would rank the tokens alike at Spearman 0.95), or null for "
+                              "auto's default.")
 
 
 @dataclass
@@ -207,8 +224,13 @@ class CompareConfig:
     top_fraction: float = 0.2  # also compare at k = ceil(top_fraction * n_features)
     rbo_p: float = 0.9  # persistence of rank-biased overlap
     seed: int = 0  # bootstrap seed
+    fdr: float = 0.05  # false discovery rate of the per-feature change tests (over one example's features)
+    min_change: float = 0.1  # smallest change counted, as a share of the example's largest |value|
 
     def validate(self) -> None:
+        if not 0 < self.fdr < 1 or not 0 <= self.min_change < 1:
+            raise ConfigError("compare.fdr must be in (0, 1) and compare.min_change in [0, 1).",
+                              "E.g. compare.fdr=0.05 and compare.min_change=0.1.")
         if any(k < 1 for k in self.ks):
             raise ConfigError("compare.ks must all be at least 1.")
         if not 0 < self.top_fraction <= 1 or not 0 < self.rbo_p < 1:

@@ -176,7 +176,8 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         if int(r.example_id) in done:
             continue
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
-                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed)
+                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
+                         unit=ex.unit)
         [exp], [stats] = explain_tasks([task], ex.method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
@@ -184,7 +185,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
     meta = {"method": ex.method, "methods_used": methods, "score": ex.score, "masking": ex.masking,
-            "max_evals": ex.max_evals, "seed": seed,
+            "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
     store.update_manifest(explain_stats={stem: stats})

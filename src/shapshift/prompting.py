@@ -7,7 +7,10 @@ Only ``text`` is ever masked or attributed, so every condition explains the same
 
 from __future__ import annotations
 
+import bisect
 import logging
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,3 +171,60 @@ def encode_targets(tokenizer: PreTrainedTokenizerBase, targets: Sequence[str | N
             "the template without a trailing space.", len(apart), len(targets), targets[first],
             token_strings(tokenizer, encoded[first]), token_strings(tokenizer, joint[-len(encoded[first]) - 1:]))
     return encoded
+
+
+#: Where a sentence ends: ., ! or ? (closing quotes and brackets kept with it) before whitespace.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+
+
+def token_spans(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> tuple[str, list[tuple[int, int] | None]]:
+    """The text of ``ids`` decoded together, and each token's character span ``[start, end)`` in it.
+
+    Spans come from decoding growing prefixes, so they hold for any tokenizer (byte-level BPE,
+    SentencePiece) without offset mappings. A token that ends inside a multi-byte character (it
+    decodes to the replacement character until a later token completes it) has no span (None);
+    the token that completes the character gets the character.
+    """
+    text, spans, ids = "", [], [int(i) for i in ids]
+    for k in range(len(ids)):
+        longer = tokenizer.decode(ids[:k + 1], clean_up_tokenization_spaces=False)
+        if longer.endswith("\ufffd") and k + 1 < len(ids):
+            spans.append(None)
+            continue
+        start = len(text) if longer.startswith(text) else len(os.path.commonprefix([text, longer]))
+        spans.append((start, len(longer)))
+        text = longer
+    return text, spans
+
+
+def feature_groups(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], unit: str = "token") -> list[list[int]]:
+    """The features of an input as groups of its token positions, in order; every token in exactly one.
+
+    ``unit``: ``token`` (one group per token), ``word`` (whitespace-delimited words, punctuation
+    attached, as a reader deletes a word: ``" friendly."`` is one word of two tokens) or ``sentence``
+    (split after ``.``, ``!`` or ``?`` followed by whitespace). A token belongs to the unit of its first
+    non-space character; a token of whitespace only (or a part of a character) joins the next unit (the last one at the end).
+    """
+    if unit == "token":
+        return [[i] for i in range(len(ids))]
+    text, spans = token_spans(tokenizer, ids)
+    if unit == "word":
+        starts = [m.start() for m in re.finditer(r"\S+", text)]
+    elif unit == "sentence":
+        starts = [0] + [m.end() for m in _SENTENCE_END.finditer(text) if m.end() < len(text)]
+    else:
+        raise ConfigError(f"unit={unit!r} is unknown.", "Use token, word or sentence.")
+    unit_of, pending = [], []
+    for k, span in enumerate(spans):
+        first = None if span is None else next((c for c in range(*span) if not text[c].isspace()), None)
+        if first is None:
+            pending.append(k)
+            continue
+        u = max(bisect.bisect_right(starts, first) - 1, 0)
+        unit_of += [u] * (len(pending) + 1)
+        pending = []
+    unit_of += [unit_of[-1] if unit_of else 0] * len(pending)
+    groups: dict[int, list[int]] = {}
+    for k, u in enumerate(unit_of):
+        groups.setdefault(u, []).append(k)
+    return list(groups.values())

@@ -44,6 +44,7 @@ from .compare import (  # noqa: E402
     OVERLAP_FILE,
     STAGE,
     SUMMARY_FILE,
+    VERDICT_SUMMARY_FILE,
     available_conditions,
     load_condition,
 )
@@ -383,12 +384,20 @@ sign, or both. <b>Spearman ρ, Kendall τ</b>: rank correlation of |value| over 
 <b>Cosine</b>: similarity of the signed value vectors.</li>
 <li><b>Aggregate</b> rows compare one value per input token (summed or mean-|value| over the generated
 tokens); <b>token</b> rows compare each generated token separately and average per example.</li>
-<li><b>Noise floor</b>: the baseline explained twice with different seeds. A sampling estimator never
-agrees with itself perfectly; a condition's overlap means something only relative to this floor.
-<code>wilcoxon_p</code> is the paired (over examples) two-sided Wilcoxon signed-rank test of the
+<li><b>Noise floor</b>: the baseline explained twice with <i>independent</i> seeds: how far two
+explanations of the same model disagree through estimator noise alone. The conditions are explained
+with the baseline's own seed (the same coalitions: common random numbers), so a condition that did not
+change the model agrees with the baseline <i>above</i> the floor, and an overlap at the floor already
+means a change. <code>wilcoxon_p</code> is the paired (over examples) two-sided Wilcoxon signed-rank test of the
 condition's overlap against the floor's; <code>p (Holm)</code> adjusts it over the conditions tested.</li>
-<li>Intervals are 95% percentile bootstrap intervals over examples; with few examples they are wide.
-A small p with a large gap to the floor says the condition changed what the model relies on.</li>
+<li><b>Changed beyond noise</b> (the answer at the top): per example and input token, the change of its
+value between the baseline and the condition is tested against both values' standard errors (a z-test
+that treats them as independent, conservative under common random numbers; Benjamini-Hochberg over
+the example's tokens at FDR {fdr:g}), and counts only when it is also at least {min_change:g} × the example's
+largest |value|. The baseline rerun gets the same test: its count is the test's false alarms.
+<b>Corrected ρ</b> divides the observed Spearman ρ by the square root of both explanations'
+reliabilities (the expected ρ of two independent runs, from their standard errors; Spearman 1904).</li>
+<li>Intervals are 95% percentile bootstrap intervals over examples; with few examples they are wide.</li>
 </ul>
 """
 
@@ -431,6 +440,22 @@ def summary_table_html(summary: pd.DataFrame) -> str:
             f"<td>{_fmt(r['noise_floor_mean'])}</td><td>{_fmt(r['delta_vs_floor'])}</td>"
             f"<td>{_fmt_p(r['wilcoxon_p'])}</td><td>{_fmt_p(r['wilcoxon_p_holm'])}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def verdicts_html(store: RunStore) -> str:
+    """The answer first: one sentence per condition (``04_verdicts.csv``) and their numbers in a table."""
+    if not store.path(VERDICT_SUMMARY_FILE).exists():
+        return ""
+    v = pd.read_csv(store.verify(VERDICT_SUMMARY_FILE))
+    sentences = "".join(f"<li>{html.escape(str(r['sentence']))}</li>" for _, r in v.iterrows())
+    rows = "".join(
+        f"<tr><td class=l>{html.escape(_label(r['condition_b']))}</td><td>{int(r['n_changed'])} of {int(r['n'])}</td>"
+        f"<td>[{_fmt(r['share_ci_low'], 2)}, {_fmt(r['share_ci_high'], 2)}]</td><td>{_fmt(r['spearman'], 2)}</td>"
+        f"<td>{_fmt(r['spearman_corrected'], 2)} [{_fmt(r['corrected_ci_low'], 2)}, {_fmt(r['corrected_ci_high'], 2)}]</td>"
+        f"<td>{_fmt(r['reliability_b'], 2)}</td></tr>" for _, r in v.iterrows())
+    return (f"<h2>Answer: what changed beyond the estimator's noise</h2><ul>{sentences}</ul>"
+            "<table><tr><th class=l>vs baseline</th><th>examples changed</th><th>share 95% CI</th><th>Spearman ρ</th>"
+            "<th>ρ corrected for noise [95% CI]</th><th>reliability</th></tr>" + rows + "</table>")
 
 
 def headline(summary: pd.DataFrame) -> pd.DataFrame:
@@ -489,7 +514,9 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
 <p class=muted>Generated {datetime.now(timezone.utc).isoformat(timespec="seconds")} from <code>{html.escape(str(store.dir))}</code>.
 Aggregation over generated tokens: <b>{html.escape(cfg.aggregate)}</b>; bootstrap resamples: {cfg.n_bootstrap}.</p>
 {"".join(f'<div class=note>{html.escape(n)}</div>' for n in notes)}
-<h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}")}
+{verdicts_html(store)}
+<h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}")
+                          .replace("{fdr:g}", f"{cfg.fdr:g}").replace("{min_change:g}", f"{cfg.min_change:g}")}
 <h2>Headline: agreement with the baseline</h2>
 {summary_table_html(headline(summary))}
 <h2>Overlap@k</h2>{_img(figures["overlap_at_k"], "overlap at k")}

@@ -184,10 +184,21 @@ def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int
             "value": values.reshape(-1),
             "base_value": np.tile(np.asarray(exp.base_values, dtype=np.float64).reshape(-1), n_in),
             "error_std": err.reshape(-1),
+            # word/sentence features: the tokens of each one (masked together)
+            **({"in_tokens": np.repeat(_object_array(units), n_out)}
+               if (units := getattr(exp, "unit_tokens", None)) is not None else {}),
         }))
     if not frames:
         return pd.DataFrame(columns=[*EXPLANATION_COLUMNS, "error_std"])
     return pd.concat(frames, ignore_index=True)
+
+
+def _object_array(lists: Sequence[Sequence[str]]) -> np.ndarray:
+    """A 1-d object array of lists (numpy would make equal-length lists a 2-d array)."""
+    out = np.empty(len(lists), dtype=object)
+    for i, item in enumerate(lists):
+        out[i] = [str(t) for t in item]
+    return out
 
 
 def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
@@ -204,11 +215,14 @@ def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
         err = g["error_std"].to_numpy(np.float64).reshape(n_in, n_out) if "error_std" in g else None
         if err is not None and np.isnan(err).all():
             err = None
-        out.append(shap.Explanation(
+        exp = shap.Explanation(
             values=values, base_values=first_in["base_value"].to_numpy(np.float64),
             data=np.asarray(first_out["in_token"].tolist(), dtype=object),
             output_names=first_in["out_token"].tolist(), error_std=err,
-        ))
+        )
+        if "in_tokens" in g and first_out["in_tokens"].notna().all():
+            exp.unit_tokens = [[str(t) for t in tokens] for tokens in first_out["in_tokens"]]
+        out.append(exp)
         ids.append(int(ex_id))
     return ids, out
 
@@ -217,11 +231,14 @@ def plain_explanation(exp: Any) -> Any:
     """The fields the contract stores (no timings), so equal results pickle to equal bytes."""
     import shap
 
-    return shap.Explanation(values=np.asarray(exp.values, dtype=np.float64),
-                            base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
-                            data=np.asarray([str(t) for t in exp.data], dtype=object),
-                            output_names=[str(t) for t in exp.output_names],
-                            error_std=getattr(exp, "error_std", None))
+    plain = shap.Explanation(values=np.asarray(exp.values, dtype=np.float64),
+                             base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
+                             data=np.asarray([str(t) for t in exp.data], dtype=object),
+                             output_names=[str(t) for t in exp.output_names],
+                             error_std=getattr(exp, "error_std", None))
+    if getattr(exp, "unit_tokens", None) is not None:
+        plain.unit_tokens = [[str(t) for t in tokens] for tokens in exp.unit_tokens]
+    return plain
 
 
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],

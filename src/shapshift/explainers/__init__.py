@@ -5,7 +5,7 @@
 kernel up to 64 tokens, hierarchical beyond).
 """
 
-from . import exact, hierarchical, kernel, partition, sampling  # noqa: F401  (register the estimators)
+from . import exact, hierarchical, kernel, partition, quadrature, sampling  # noqa: F401  (register the estimators)
 from .api import PrefixReuse, choose_method, explain, explain_tasks, make_task
 from .base import REGISTRY, Attribution, Estimator, ExplainTask, register
 

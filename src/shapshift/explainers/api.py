@@ -16,9 +16,17 @@ from ..config import ExplainConfig, GenerationConfig
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
-from ..prompting import PromptParts, build_prompt, encode_prompt, encode_targets, token_strings
+from ..prompting import (
+    PromptParts,
+    build_prompt,
+    encode_prompt,
+    encode_targets,
+    feature_groups,
+    token_strings,
+)
 from .base import REGISTRY, Attribution, ExplainTask
 from .exact import MAX_EXACT_FEATURES
+from .precision import ROUND_METHODS, expected_rank_agreement, explain_to_precision
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +34,10 @@ log = logging.getLogger(__name__)
 AUTO_EXACT_MAX = 5
 #: ``auto`` explains inputs longer than this hierarchically (chunks first, then tokens).
 AUTO_HIERARCHICAL_MIN = 64
-#: ``auto``'s kernel budget: this many evaluations per input token (+ 2), capped by ``max_evals``.
+#: ``auto``'s first-round budget: this many evaluations per input token (+ 2), capped by ``max_evals``.
 AUTO_EVALS_PER_FEATURE = 4
+#: ``auto``'s default precision (expected Spearman of two runs' token rankings): on CPU, and on a GPU.
+AUTO_PRECISION, AUTO_PRECISION_GPU = 0.95, 0.98
 
 Context = str | tuple[str, str] | PromptParts | None
 # explain()'s keyword defaults are the run configuration's (one source of truth for every setting)
@@ -37,30 +47,39 @@ _EX, _GEN = ExplainConfig(), GenerationConfig()
 def choose_method(n_features: int, method: str = "auto") -> str:
     """The estimator ``auto`` picks for ``n_features`` input tokens (any other ``method`` is returned as is).
 
-    - ``exact`` up to :data:`AUTO_EXACT_MAX` tokens: ``2^n`` evaluations are no more than kernel's
-      budget, and the values are exact;
-    - ``kernel`` (paired KernelSHAP, exact efficiency) up to :data:`AUTO_HIERARCHICAL_MIN`;
+    - ``exact`` up to :data:`AUTO_EXACT_MAX` tokens: ``2^n`` evaluations are no more than the other
+      estimators' budget, and the values are exact;
+    - ``quadrature`` (exact end sizes, regression-adjusted middle size; exact efficiency) up to
+      :data:`AUTO_HIERARCHICAL_MIN`, run in rounds to :func:`auto_precision`;
     - ``hierarchical`` beyond: chunks first, then tokens inside the chunks that matter.
 
-    Why (``benchmarks/RESULTS.md``, smollm2-135m on SST-2, exact Shapley values as the reference):
-    at equal budgets KernelSHAP's error is below antithetic permutation sampling's at every budget
-    measured; with ``4n + 2`` evaluations its Spearman correlation with the exact values is about
-    0.95 and its deletion faithfulness matches exact's, at a fraction of shap Partition's cost.
+    Why (``benchmarks/ESTIMATORS.md``, smollm2-135m on SST-2, exact Shapley values as the reference):
+    at equal budgets from ``4n + 2`` on, ``quadrature``'s error is well below paired KernelSHAP's and
+    below shapiq's approximators', with calibrated standard errors that the precision rounds need.
     """
     if method != "auto":
         return method
     if n_features <= AUTO_EXACT_MAX:
         return "exact"
-    return "kernel" if n_features <= AUTO_HIERARCHICAL_MIN else "hierarchical"
+    return "quadrature" if n_features <= AUTO_HIERARCHICAL_MIN else "hierarchical"
+
+
+def auto_precision(model: PreTrainedModel | None = None) -> float:
+    """``auto``'s precision target when ``explain.precision`` is unset: :data:`AUTO_PRECISION`, higher on a GPU."""
+    from ..models import model_device
+
+    on_gpu = model is not None and model_device(model).type == "cuda"
+    return AUTO_PRECISION_GPU if on_gpu else AUTO_PRECISION
 
 
 def auto_budget(name: str, n_features: int, max_evals: int) -> int:
     """Evaluations ``auto`` gives the estimator it chose: ``max_evals`` caps a budget that grows with ``n``.
 
-    kernel: ``AUTO_EVALS_PER_FEATURE * n + 2`` (the leave-one-in/leave-one-out coalitions and about
-    as many again, paired-sampled); hierarchical and exact: ``max_evals`` (exact ignores it).
+    kernel and quadrature: ``AUTO_EVALS_PER_FEATURE * n + 2`` (the leave-one-in/leave-one-out
+    coalitions and about as many again; the first round when run to a precision); hierarchical and
+    exact: ``max_evals`` (exact ignores it).
     """
-    if name == "kernel":
+    if name in ("kernel", "quadrature"):
         return min(max_evals, AUTO_EVALS_PER_FEATURE * n_features + 2)
     return max_evals
 
@@ -83,24 +102,34 @@ def to_parts(text: str | PromptParts, context: Context, tokenizer: PreTrainedTok
 
 def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts: PromptParts,
               target_ids: Sequence[int], *, input_ids: Sequence[int] | None = None, **options: Any) -> ExplainTask:
-    """An :class:`ExplainTask` for one prompt and target (``options``: score, masking, batch_size, max_evals, seed)."""
+    """An :class:`ExplainTask` for one prompt and target.
+
+    ``options``: score, masking, batch_size, max_evals, seed, and ``unit`` (``token``, ``word`` or
+    ``sentence``: the features, :func:`shapshift.prompting.feature_groups`).
+    """
     prompt = encode_prompt(parts, tokenizer, input_ids=input_ids)
     if not prompt.input_ids:
         raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
     check_fits_context(model, len(prompt.ids), len(target_ids), f"The prompt of the input {parts.text[:60]!r}")
+    unit = options.pop("unit", "token")
+    groups = None if unit == "token" else feature_groups(tokenizer, prompt.input_ids, unit)
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
-                       target_ids=[int(t) for t in target_ids], **options)
+                       target_ids=[int(t) for t in target_ids], groups=groups, **options)
 
 
 def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
+    """The ``shap.Explanation`` of one task; with word or sentence features, ``unit_tokens`` holds each one's tokens."""
     import shap
 
-    data = att.data if att.data is not None else token_strings(task.tokenizer, task.prompt.input_ids)
-    return shap.Explanation(
+    data = att.data if att.data is not None else task.feature_strings
+    exp = shap.Explanation(
         values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
         output_names=token_strings(task.tokenizer, task.target_ids), error_std=att.error_std,
         compute_time=seconds,
     )
+    if task.feature_tokens is not None:
+        exp.unit_tokens = task.feature_tokens
+    return exp
 
 
 class PrefixReuse:
@@ -144,6 +173,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         task = copy.copy(task)
         key = reuse.attach(task)
         name = choose_method(task.n_features, method)
+        cap = task.max_evals
         if method == "auto":
             task.max_evals = auto_budget(name, task.n_features, task.max_evals)
         if name not in REGISTRY:
@@ -151,21 +181,33 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         if name == "exact" and task.n_features > MAX_EXACT_FEATURES:
             raise ConfigError(f"method='exact' cannot explain {task.n_features} input tokens (2^{task.n_features} evaluations).",
                               f"Use method='sampling' or 'auto' for inputs over {MAX_EXACT_FEATURES} tokens.")
+        target = task.precision if task.precision is not None else (auto_precision(task.model) if method == "auto"
+                                                                    else None)
         start = time.perf_counter()
-        att = REGISTRY[name]().attribute(task)
+        if target is not None and name in ROUND_METHODS:
+            res = explain_to_precision(task, name, target, cap, first_budget=task.max_evals if method == "auto" else None)
+            att, reached = res.attribution, res.precision
+        else:
+            att = REGISTRY[name]().attribute(task)
+            reached = expected_rank_agreement(att.values, att.error_std, seed=task.seed) if att.error_std is not None \
+                else (1.0 if name == "exact" else float("nan"))
         seconds = time.perf_counter() - start
         reuse.keep(key, task)
         explanations.append(to_explanation(task, att, seconds))
+        # the expected rank agreement of two runs (explainers.precision) and the evaluations it took
+        explanations[-1].precision, explanations[-1].n_evals = reached, att.n_evals
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
-                      "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4)})
+                      "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
+                      "precision": round(reached, 4)})
     return explanations, stats
 
 
 def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str | PromptParts], *,
             targets: Sequence[str | Sequence[int]] | None = None, context: Context | Sequence[Context] = None,
             method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
-            batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, max_new_tokens: int = _GEN.max_new_tokens,
-            stop_at_newline: bool = _GEN.stop_at_newline, chat: bool = False, progress: bool = True) -> list[Any]:
+            batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, precision: float | None = _EX.precision,
+            unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens, stop_at_newline: bool = _GEN.stop_at_newline,
+            chat: bool = False, progress: bool = True) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -181,8 +223,14 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     masking: ``attention`` (default), ``delete`` or ``replace`` (``partition`` always uses shap's
         ``Text`` masker, which writes ``...`` for masked tokens).
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
-        (:func:`auto_budget`: kernel uses ``4n + 2`` when that is less).
+        (:func:`auto_budget`: the first round uses ``4n + 2`` when that is less).
+    precision: explain until two independent runs would rank the tokens alike at this expected
+        Spearman (``explain.precision``; rounds up to ``max_evals``); ``None``: :func:`auto_precision`
+        for ``auto``, one run of ``max_evals`` for the others. Each Explanation's ``precision``
+        attribute holds the precision reached.
     batch_size: coalitions per forward pass; ``None`` picks one for the device (scoring.auto_batch_size).
+    unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
+        ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
 
     Every default is the run configuration's (:class:`shapshift.config.ExplainConfig` and
@@ -197,7 +245,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
     """
     ExplainConfig(method=method, score=score, masking=masking, max_evals=max_evals, batch_size=batch_size,
-                  seed=seed).validate()
+                  seed=seed, precision=precision, unit=unit).validate()
     if targets is None:
         GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
     if isinstance(texts, str | PromptParts):  # one text given alone
@@ -220,7 +268,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
-                       max_evals=max_evals, seed=seed) for p, e, t in zip(parts, prompts, target_ids)]
+                       max_evals=max_evals, seed=seed, precision=precision, unit=unit)
+             for p, e, t in zip(parts, prompts, target_ids)]
     if getattr(model, "is_remote", False):
         from ..remote.costs import announce_cost
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..prompting import EncodedPrompt, PromptParts
-from ..scoring import TeacherForcedScorer, make_scorer
+from ..prompting import EncodedPrompt, PromptParts, token_strings
+from ..scoring import make_scorer
 
 
 @dataclass
@@ -31,18 +31,61 @@ class ExplainTask:
     batch_size: int | None = None  # None: chosen for the device (scoring.auto_batch_size)
     max_evals: int = 512
     seed: int = 0
+    precision: float | None = None  # explain to this expected rerun rank agreement (explainers.precision)
     use_cache: bool = True
     options: dict = field(default_factory=dict)
     prefix_cache: Any = None  # the prefix's key/value cache from an earlier task with the same model and prefix
+    #: The features as groups of input token positions (words, sentences; masked together); None: one per token.
+    groups: list[list[int]] | None = None
 
     @property
     def n_features(self) -> int:
-        return len(self.prompt.input_ids)
+        return len(self.groups) if self.groups is not None else len(self.prompt.input_ids)
+
+    @property
+    def feature_strings(self) -> list[str]:
+        """Each feature's text: its tokens decoded together (one token each when there are no groups)."""
+        tokens = token_strings(self.tokenizer, self.prompt.input_ids)
+        if self.groups is None:
+            return tokens
+        return ["".join(tokens[i] for i in g) for g in self.groups]
+
+    @property
+    def feature_tokens(self) -> list[list[str]] | None:
+        """The tokens of each feature when features are groups (words, sentences); None for tokens."""
+        if self.groups is None:
+            return None
+        tokens = token_strings(self.tokenizer, self.prompt.input_ids)
+        return [[tokens[i] for i in g] for g in self.groups]
 
     @cached_property
-    def scorer(self) -> TeacherForcedScorer:
-        return make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
-                           batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
+    def scorer(self) -> Any:
+        """Scores ``(m, n_out)`` of coalitions ``(m, n_features)`` of the features (see TeacherForcedScorer)."""
+        scorer = make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
+                             batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
+        return scorer if self.groups is None else GroupedScorer(scorer, self.groups, len(self.prompt.input_ids))
+
+
+class GroupedScorer:
+    """A token scorer seen through groups of tokens: a coalition of groups keeps every token of its groups.
+
+    ``n_evals`` and ``n_forward_tokens`` (and any other attribute) are the token scorer's.
+    """
+
+    def __init__(self, scorer: Any, groups: list[list[int]], n_tokens: int) -> None:
+        self.inner = scorer
+        self.expand = np.zeros((len(groups), n_tokens), bool)  # (n_groups, n_tokens)
+        for g, tokens in enumerate(groups):
+            self.expand[g, tokens] = True
+        if not (self.expand.sum(0) == 1).all():
+            raise ValueError("feature groups must cover every input token exactly once")
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, bool)
+        return self.inner((masks.astype(np.int64) @ self.expand.astype(np.int64)) > 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 @dataclass

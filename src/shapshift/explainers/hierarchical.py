@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..prompting import token_strings
 from .base import (
     Attribution,
     Estimator,
@@ -120,7 +119,7 @@ class HierarchicalExplainer(Estimator):
     def attribute(self, task: ExplainTask) -> Attribution:
         n = task.n_features
         fanout = int(self.fanout or task.options.get("fanout", DEFAULT_FANOUT))
-        tokens = token_strings(task.tokenizer, task.prompt.input_ids)
+        tokens = task.feature_strings
         scorer = task.scorer
         empty, full = endpoints(task)
         known = {np.zeros(n, bool).tobytes(): empty, np.ones(n, bool).tobytes(): full}

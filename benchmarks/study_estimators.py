@@ -1,0 +1,187 @@
+"""Error vs budget of every estimator on the recorded coalition tables, and coverage of their standard errors.
+
+Replays the tables of ``benchmarks/tables/*.npz`` (``record_tables.py``: smollm2-135m, SST-2 dev,
+every coalition scored, exact Shapley values stored beside) through each estimator of shapshift at
+budgets ``c * n + 2`` for several seeds, without a model. Per table, budget, estimator and seed:
+
+- ``rel_error``: ``||phi_hat - phi||_F / ||phi||_F`` over all (input, output) values;
+- ``spearman_exact``: Spearman of the importance (``|value|`` summed over output tokens) with the exact one;
+- ``spearman_seeds``: Spearman of the importance between this seed and the next (rerun agreement);
+- ``coverage``: share of values whose interval ``value +- 1.96 SE`` holds the exact value;
+- ``precision``: the rerun agreement the estimator predicts from its own standard errors
+  (:func:`shapshift.explainers.precision.expected_rank_agreement`).
+
+shapiq's approximators are run on the same tables by ``benchmarks/study_shapiq.py`` (Python 3.12
+environment) and merged into the report when its CSV exists.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py          # ~5 min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py --quick  # 2 tables, 2 seeds
+
+Writes ``benchmarks/study_estimators.csv`` and ``benchmarks/ESTIMATORS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, spearman  # noqa: E402
+
+from shapshift.explainers import REGISTRY  # noqa: E402
+from shapshift.explainers.base import ExplainTask  # noqa: E402
+from shapshift.explainers.precision import expected_rank_agreement, importance  # noqa: E402
+from shapshift.scoring import TableScorer  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PER_FEATURE = (2, 4, 8, 16)
+METHODS = ("kernel", "quadrature", "sampling")
+
+
+def load_tables(folder: Path) -> list[dict]:
+    """The recorded tables, smallest first: ``name``, ``n``, ``table`` ``(2^n, k)`` float64, ``exact`` ``(n, k)``."""
+    out = []
+    for p in sorted(folder.glob("*.npz")):
+        d = np.load(p)
+        out.append({"name": p.stem, "n": int(d["n"]), "table": d["table"].astype(np.float64), "exact": d["exact"]})
+    return sorted(out, key=lambda t: (t["n"], t["name"]))
+
+
+def table_task(table: np.ndarray, budget: int, seed: int) -> ExplainTask:
+    """A task whose scorer replays ``table`` (no model, tokenizer or prompt needed by the estimators run here)."""
+    scorer = TableScorer(table)
+    task = ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * scorer.n_in),
+                       target_ids=[], max_evals=budget, seed=seed)
+    task.__dict__["scorer"] = scorer
+    return task
+
+
+def run(method: str, table: np.ndarray, budget: int, seed: int):
+    task = table_task(table, budget, seed)
+    return REGISTRY[method]().attribute(task)
+
+
+def rows_for(t: dict, methods, per_feature, seeds: int) -> list[dict]:
+    rows = []
+    n, exact = t["n"], t["exact"]
+    truth = importance(exact)
+    for c in per_feature:
+        budget = c * n + 2
+        if budget >= 2**n:
+            continue
+        for method in methods:
+            atts = []
+            for seed in range(seeds + 1):  # one more run: the partner of the last seed's rerun agreement
+                start = time.perf_counter()
+                atts.append((run(method, t["table"], budget, seed), time.perf_counter() - start))
+            for seed in range(seeds):
+                att, secs = atts[seed]
+                nxt = atts[seed + 1][0]
+                se = att.error_std
+                cov = (float(np.mean(np.abs(att.values - exact) <= 1.96 * se))
+                       if se is not None and np.all(np.isfinite(se)) else float("nan"))
+                rows.append({
+                    "table": t["name"], "n": n, "per_feature": c, "budget": budget, "method": method, "seed": seed,
+                    "evals": att.n_evals, "seconds": secs,
+                    "rel_error": float(np.linalg.norm(att.values - exact) / np.linalg.norm(exact)),
+                    "spearman_exact": spearman(importance(att.values), truth),
+                    "spearman_seeds": spearman(importance(att.values), importance(nxt.values)),
+                    "coverage": cov,
+                    "precision": (expected_rank_agreement(att.values, se, seed=seed)
+                                  if se is not None and np.all(np.isfinite(se)) else float("nan")),
+                })
+    return rows
+
+
+def report(df: pd.DataFrame, shapiq: pd.DataFrame | None, args) -> str:
+    both = pd.concat([df, shapiq]) if shapiq is not None else df
+    err = both.pivot_table(index="per_feature", columns="method", values="rel_error", aggfunc="mean")
+    rho = both.pivot_table(index="per_feature", columns="method", values="spearman_seeds", aggfunc="mean")
+    cov = df.pivot_table(index="per_feature", columns="method", values="coverage", aggfunc="mean")
+    prec = df.pivot_table(index="per_feature", columns="method", values="precision", aggfunc="mean")
+    ratio = (df[df.method == "kernel"].groupby("per_feature").rel_error.mean()
+             / df[df.method == "quadrature"].groupby("per_feature").rel_error.mean()).rename("kernel / quadrature")
+    by_n = df.pivot_table(index=["n"], columns=["method", "per_feature"], values="rel_error", aggfunc="mean")
+    verdict = []
+    for c, need in ((2, 1.0), (4, 2.0), (8, 2.0), (16, None)):
+        if c not in ratio.index:
+            continue
+        r = ratio[c]
+        text = f"- {c}n + 2: kernel's error is {r:.2f}× quadrature's"
+        if need is not None:
+            text += " (target met)" if r >= need - 1e-6 else f" (target {need:g}×: missed by {100 * (1 - r / need):.0f} %)"
+        if shapiq is not None and c in err.index:
+            others = err.loc[c, [m for m in err.columns if m.startswith("shapiq")]].dropna()
+            if len(others):
+                text += (f"; best shapiq approximator {others.idxmin()} {others.min():.3f} vs quadrature "
+                         f"{err.loc[c, 'quadrature']:.3f}")
+        verdict.append(text)
+    tables = df.groupby("table").n.first()
+    lines = [
+        "# Estimators: error vs budget on recorded coalition tables", "",
+        f"{len(tables)} tables (smollm2-135m, SST-2 dev, the model's greedy 6-token continuation, log-odds, "
+        f"attention masking; n = {', '.join(str(v) for v in sorted(tables))} input tokens), every coalition scored, "
+        f"exact Shapley values as the reference; {args.seeds} seeds per budget. Budget = c·n + 2 evaluations.",
+        "Made by:", "",
+        "    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/record_tables.py ...   # the tables (see its docstring)",
+        "    /work/venv312/bin/python benchmarks/study_shapiq.py                  # shapiq (Python 3.12 venv)",
+        "    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py",
+        "", "`quadrature` (src/shapshift/explainers/quadrature.py): Shapley values as the sum over coalition sizes t of "
+        "D_i(t) (mean value of the size-t coalitions with i minus those without); sizes 1 and n − 1 enumerated "
+        "(exact), the middle size from complementary pairs chosen for a well-conditioned design and a ridge "
+        "regression around the straight line between D(1) and D(n − 1) (exact for games of order ≤ 2), then a "
+        "polynomial quadrature over sizes. Standard errors: delete-one-pair jackknife. `kernel`'s bootstrap "
+        "standard errors are scaled by 0.7 (values unchanged). shapiq 1.8's approximators ran per output token "
+        "on the same tables (study_shapiq.py, 5 seeds).",
+        "", "## Relative error of the values (mean over tables and seeds; lower is better)", "",
+        markdown_table(err.reset_index()), "",
+        "Error ratio kernel / quadrature per budget (target ≥ 2 at 4n + 2 and 8n + 2, ≥ 1 at 2n + 2):", "",
+        markdown_table(ratio.reset_index()), "", *verdict, "",
+        "## Rerun agreement: Spearman of |value| summed over outputs between seeds s and s + 1", "",
+        markdown_table(rho.reset_index()), "",
+        "## Coverage of the 95 % intervals (value ± 1.96 SE) of the exact values (target 0.90–0.98)", "",
+        markdown_table(cov.reset_index()), "",
+        "## Rerun agreement predicted from the standard errors (explain.precision's estimate)", "",
+        markdown_table(prec.reset_index()), "",
+        "## Relative error by input length", "", markdown_table(by_n.reset_index()), "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 tables, 2 seeds")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--tables", type=Path, default=HERE / "tables")
+    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    tables = load_tables(args.tables)
+    if args.quick:
+        tables, args.seeds = tables[:2], 2
+    rows = []
+    for t in tables:
+        rows += rows_for(t, args.methods.split(","), PER_FEATURE, args.seeds)
+    df = pd.DataFrame(rows)
+    suffix = "_quick" if args.quick else ""
+    df.to_csv(args.out / f"study_estimators{suffix}.csv", index=False)
+    shapiq_csv = args.out / "study_shapiq.csv"
+    shapiq = pd.read_csv(shapiq_csv) if shapiq_csv.exists() else None
+    if shapiq is not None:
+        shapiq = shapiq[shapiq.table.isin(df.table.unique())]
+    text = report(df, shapiq, args)
+    (args.out / f"ESTIMATORS{suffix}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

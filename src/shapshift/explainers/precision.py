@@ -1,0 +1,147 @@
+"""Explain to a precision: spend evaluations in rounds until two independent runs would agree.
+
+The precision of an explanation is the expected Spearman correlation between the importances
+(``|value|`` summed over the output tokens, per input token) of two independent runs of the
+estimator, predicted from the values and their standard errors: both runs are simulated as the
+values plus independent normal errors of the reported standard errors
+(:func:`expected_rank_agreement`). An estimator whose standard errors are calibrated
+(``benchmarks/ESTIMATORS.md``) makes this a prediction of the measured rerun agreement.
+
+:func:`explain_to_precision` runs a sampling estimator at a first budget, then at budgets growing by
+:data:`GROWTH` until the predicted precision reaches the target or ``max_evals`` is spent. Every
+coalition scored in an earlier round is looked up, not scored again (:class:`CachingScorer`); the
+estimators that support rounds (:data:`ROUND_METHODS`) draw the same coalitions first for the same
+seed, so a round costs only the coalitions it adds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+from .base import REGISTRY, Attribution, ExplainTask
+
+log = logging.getLogger(__name__)
+
+#: Estimators that can be run to a precision (they report standard errors).
+ROUND_METHODS = ("quadrature", "kernel", "sampling")
+#: Each round's budget is the previous one times this (at least ``2n`` more evaluations).
+GROWTH = 1.5
+#: Simulated pairs of runs behind one precision estimate.
+N_SIMULATIONS = 200
+
+
+def importance(values: np.ndarray) -> np.ndarray:
+    """Per input token: ``|value|`` summed over the output tokens; ``values`` ``(n_in, n_out)`` or ``(n_in,)``."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.abs(values).sum(axis=1) if values.ndim == 2 else np.abs(values)
+
+
+def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of matching rows of ``a`` and ``b`` ``(s, n)`` (ties averaged; constant rows give 0)."""
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return np.divide((ra * rb).sum(axis=1), den, out=np.zeros(len(a)), where=den > 0)
+
+
+def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
+                            seed: int = 0) -> float:
+    """Expected Spearman of the importances of two independent runs, from ``values`` and ``error_std`` ``(n_in, n_out)``.
+
+    1.0 for exact values (zero standard errors) or a single input token; NaN when a standard error is
+    unknown (NaN) or missing. Deterministic for a given ``seed``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] < 2:
+        return 1.0
+    if error_std is None or not np.all(np.isfinite(error_std)):
+        return float("nan")
+    err = np.asarray(error_std, dtype=np.float64)
+    if not np.any(err > 0):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    runs = [importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err) for _ in range(2)]
+    return float(_row_spearman(*runs).mean())
+
+
+def importance_batch(values: np.ndarray) -> np.ndarray:
+    """:func:`importance` of a stack ``(s, n_in, n_out)`` → ``(s, n_in)``."""
+    return np.abs(values).sum(axis=2) if values.ndim == 3 else np.abs(values)
+
+
+class CachingScorer:
+    """A scorer that scores each coalition once and looks repeats up (across the rounds of one example).
+
+    ``n_evals`` counts distinct coalitions scored by the wrapped scorer; ``n_forward_tokens`` is its.
+    """
+
+    def __init__(self, scorer) -> None:
+        self.scorer = scorer
+        self.memo: dict[bytes, np.ndarray] = {}
+
+    @property
+    def n_evals(self) -> int:
+        return len(self.memo)
+
+    @property
+    def n_forward_tokens(self) -> int:
+        return getattr(self.scorer, "n_forward_tokens", 0)
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, dtype=bool)
+        keys = [np.packbits(m).tobytes() for m in masks]
+        new, new_rows = {}, []
+        for k, m in zip(keys, masks):
+            if k not in self.memo and k not in new:
+                new[k] = len(new_rows)
+                new_rows.append(m)
+        if new_rows:
+            scores = self.scorer(np.stack(new_rows))
+            for k, i in new.items():
+                self.memo[k] = scores[i]
+        return np.stack([self.memo[k] for k in keys])
+
+
+@dataclass
+class PrecisionResult:
+    """What :func:`explain_to_precision` returns: the last round's attribution and what it reached."""
+
+    attribution: Attribution
+    precision: float
+    rounds: int
+    budget: int
+
+
+def explain_to_precision(task: ExplainTask, method: str, target: float, max_evals: int,
+                         first_budget: int | None = None) -> PrecisionResult:
+    """Run ``method`` in rounds of growing budget until its predicted precision reaches ``target`` or ``max_evals``.
+
+    ``first_budget``: the first round's evaluations (default ``4n + 2``, at most ``max_evals``).
+    The attribution's ``n_evals`` counts every distinct coalition scored over all rounds.
+    """
+    if method not in ROUND_METHODS:
+        raise ValueError(f"{method!r} cannot be run to a precision; use one of {', '.join(ROUND_METHODS)}")
+    n = task.n_features
+    cache = CachingScorer(task.scorer)
+    budget = min(max_evals, first_budget or 4 * n + 2)
+    rounds = 0
+    while True:
+        rounds += 1
+        run = copy.copy(task)
+        run.max_evals = budget
+        run.__dict__["scorer"] = cache
+        att = REGISTRY[method]().attribute(run)
+        att.n_evals = cache.n_evals
+        precision = expected_rank_agreement(att.values, att.error_std, seed=task.seed)
+        log.debug("round %d: %d evaluations, precision %.3f", rounds, cache.n_evals, precision)
+        exhausted = budget >= max_evals or (n <= 16 and budget >= 2**n)
+        if (not math.isnan(precision) and precision >= target) or exhausted:
+            return PrecisionResult(att, precision, rounds, budget)
+        budget = min(max_evals, max(int(budget * GROWTH), budget + 2 * n))
