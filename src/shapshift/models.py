@@ -230,6 +230,9 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str = "auto"
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are; a remote model (:mod:`shapshift.remote`) has none here: the CPU."""
+    if getattr(model, "is_remote", False):
+        return torch.device("cpu")
     return next(model.parameters()).device
 
 
