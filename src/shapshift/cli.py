@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--resume", action="store_true",
                        help="accepted for compatibility; reusing what finished under the same config is the default")
     p = sub.add_parser("explain-text", help="explain one ad-hoc text")
-    p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m, tiny-gpt-neo or gpt-neo-125m-random")
+    p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m, tiny-gpt-neo, gpt-neo-125m-random "
+                   "or openai-compatible:http://HOST:PORT/v1 (a completions server; use --masking delete)")
     p.add_argument("--text", required=True, help="the input whose tokens are the features")
     p.add_argument("--target", help="the continuation to explain (default: greedy generation)")
     p.add_argument("--context", help="fixed template around the text, with an {input} slot")

@@ -33,16 +33,32 @@ UNITS = ("token", "word", "sentence")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 CONDITIONS = ("zero_shot", "few_shot", "finetuned")
+#: A model spec with this prefix names an OpenAI-compatible completions server: ``openai-compatible:http://HOST:PORT/v1``.
+REMOTE_PREFIX = "openai-compatible:"
+#: The maskings a model behind an API allows (attention masking needs the model's attention mask).
+REMOTE_MASKINGS = ("delete", "replace")
+
+
+def is_remote(spec: str) -> bool:
+    """Whether a model spec names a completions server rather than weights."""
+    return spec.strip().startswith(REMOTE_PREFIX)
 
 
 @dataclass
 class ModelConfig:
-    """Which model to explain. ``spec``: a hub id, a local folder, ``smollm2-135m``, ``tiny-gpt-neo`` or ``gpt-neo-125m-random``."""
+    """Which model to explain. ``spec``: a hub id, a local folder, ``smollm2-135m``, ``tiny-gpt-neo``,
+    ``gpt-neo-125m-random`` or ``openai-compatible:http://HOST:PORT/v1`` (a completions server; then
+    ``tokenizer``, ``served_name``, ``api_key_env`` and ``concurrency`` apply, :mod:`shapshift.remote`).
+    """
 
     spec: str = "smollm2-135m"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
     trust_remote_code: bool = False
+    tokenizer: str | None = None  # remote: the served model's tokenizer (hub id or folder); None: SmolLM2's
+    served_name: str | None = None  # remote: the request's "model" field; None: the server's first model
+    api_key_env: str = "OPENAI_API_KEY"  # remote: the environment variable holding the API key (never the key)
+    concurrency: int = 8  # remote: requests in flight at once
 
     def validate(self) -> None:
         if not self.spec.strip():
@@ -50,6 +66,8 @@ class ModelConfig:
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ConfigError(f"model.dtype={self.dtype!r} is not supported.",
                               "Use auto, float32, float16 or bfloat16.")
+        if self.concurrency < 1:
+            raise ConfigError(f"model.concurrency={self.concurrency} must be at least 1.")
 
 
 @dataclass
@@ -262,7 +280,20 @@ class RunConfig:
             raise ConfigError(f"name={self.name!r} is not a valid run folder name.", "Use a plain name such as 'demo'.")
         for section in (self.model, self.data, self.generation, self.explain, self.adapt, self.compare):
             section.validate()
+        if is_remote(self.model.spec):
+            self._validate_remote()
         return self
+
+    def _validate_remote(self) -> None:
+        """A model behind an API: no weights to fine-tune, no attention mask (checked before any request)."""
+        if "finetuned" in self.adapt.conditions:
+            raise ConfigError(f"adapt.conditions includes finetuned, but {self.model.spec} is a model behind an API, "
+                              "whose weights cannot be fine-tuned from here.",
+                              "Drop it: --set adapt.conditions=[zero_shot,few_shot].")
+        if self.explain.masking not in REMOTE_MASKINGS:
+            raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
+                              "attention masking needs the model's attention mask, which an API does not expose.",
+                              "Set --set explain.masking=delete (tokens left out of the prompt) or replace.")
 
     # -- reading -------------------------------------------------------------------------------
     @classmethod

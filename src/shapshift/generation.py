@@ -40,10 +40,13 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
              progress: bool = True) -> list[list[int]]:
     """Greedy continuations (token ids, trimmed at EOS/newline) of each prompt, batched with left padding.
 
-    Out-of-memory halves the batch and retries.
+    Out-of-memory halves the batch and retries. A remote model generates through its server.
     """
     GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
                      batch_size=batch_size).validate()  # the config's own check and message
+    if getattr(model, "is_remote", False):
+        return model.generate_greedy(prompt_ids, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
+                                     progress=progress)
     if prompt_ids:
         longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         check_fits_context(model, len(prompt_ids[longest]), max_new_tokens, f"Prompt {longest}")

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .config import ModelConfig, is_remote
 from .errors import ModelError
 from .store import honour_umask
 
@@ -194,13 +195,27 @@ def _load_pretrained(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> 
     return model, tokenizer
 
 
+_M = ModelConfig()
+
+
 def load_model(spec: str = OFFLINE_DEFAULT, *, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               trust_remote_code: bool = False, tokenizer: str | None = _M.tokenizer,
+               served_name: str | None = _M.served_name, api_key_env: str = _M.api_key_env,
+               concurrency: int = _M.concurrency) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and tokenizer, in eval mode, on the chosen device and dtype.
 
     The tokenizer has a pad token (the EOS token when it had none) and right padding (the
     scoring default); use :func:`padding_side` to generate with left padding.
+
+    ``openai-compatible:http://HOST:PORT/v1`` returns a :class:`shapshift.remote.RemoteModel` (a
+    completions server, probed once) and the local ``tokenizer`` (``None``: SmolLM2's); ``served_name``,
+    ``api_key_env`` and ``concurrency`` apply to it alone (:class:`shapshift.config.ModelConfig`).
     """
+    if is_remote(spec):
+        from .remote import load_remote
+
+        return load_remote(spec, tokenizer=tokenizer, served_name=served_name, api_key_env=api_key_env,
+                           concurrency=concurrency)
     dev = choose_device(device)
     torch_dtype = choose_dtype(dev, dtype)
     if spec == OFFLINE_DEFAULT:
@@ -247,6 +262,9 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str = "auto"
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are; a remote model (:mod:`shapshift.remote`) has none here: the CPU."""
+    if getattr(model, "is_remote", False):
+        return torch.device("cpu")
     return next(model.parameters()).device
 
 

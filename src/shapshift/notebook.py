@@ -428,12 +428,17 @@ def load_model_for(cfg: RunConfig) -> tuple[Any, Any]:
     """The config's model and tokenizer, loaded once per session (a rerun of a cell reuses them)."""
     from .models import load_model
 
-    key = (cfg.model.spec, cfg.model.device, cfg.model.dtype, cfg.model.trust_remote_code)
+    m = cfg.model
+    key = (m.spec, m.device, m.dtype, m.trust_remote_code, m.tokenizer, m.served_name, m.api_key_env, m.concurrency)
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time: a 16 GB Colab GPU holds few
-        _MODELS[key] = load_model(cfg.model.spec, device=cfg.model.device, dtype=cfg.model.dtype,
-                                  trust_remote_code=cfg.model.trust_remote_code)
+        _MODELS[key] = load_model(m.spec, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                                  tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
+                                  concurrency=m.concurrency)
         model = _MODELS[key][0]
+        if getattr(model, "is_remote", False):
+            print(f"Using {model!r}.")
+            return _MODELS[key]
         p = next(model.parameters())
         print(f"Loaded {cfg.model.spec}: {sum(x.numel() for x in model.parameters()) / 1e6:.0f}M parameters "
               f"on {p.device} ({p.dtype}).")

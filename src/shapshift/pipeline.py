@@ -33,7 +33,7 @@ from .prompting import (
     encode_targets,
     token_strings,
 )
-from .scoring import TeacherForcedScorer
+from .scoring import make_scorer
 from .store import (
     ExampleCheckpoint,
     RunStore,
@@ -251,6 +251,12 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
                  ", ".join(map(str, sorted(done))))
     reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
+    if getattr(model, "is_remote", False):
+        from .remote.costs import announce_cost
+
+        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals)
+                       for p, t, r in zip(parts, targets, rows.itertuples()) if int(r.example_id) not in done],
+                      ex.method, f"explain {condition}")
     for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
         if int(r.example_id) in done:
             continue
@@ -290,7 +296,7 @@ def generations_table(model, tokenizer, rows: pd.DataFrame, parts: list[PromptPa
     out = []
     for r, prompt, g, t in zip(rows.itertuples(), prompts, gens, explained or gens):
         text = tokenizer.decode(g, skip_special_tokens=True)
-        logp = TeacherForcedScorer(model, prompt, t, score="log_prob").full()
+        logp = make_scorer(model, prompt, t, score="log_prob").full()
         out.append({
             "example_id": int(r.example_id), "condition": condition, "generated_text": text,
             "generated_ids": [int(i) for i in g], "generated_tokens": token_strings(tokenizer, g),
@@ -525,8 +531,10 @@ def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, fresh: bool = False, 
         log.info("stage %s: running (%s)", stage, "an earlier stage was redone" if ok else why)
         redone = True
         if stage != "compare" and model is None:
-            model, tokenizer = load_model(cfg.model.spec, device=cfg.model.device, dtype=cfg.model.dtype,
-                                          trust_remote_code=cfg.model.trust_remote_code)
+            m = cfg.model
+            model, tokenizer = load_model(m.spec, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                                          tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
+                                          concurrency=m.concurrency)
         if stage == "preprocess":
             preprocess_stage(cfg, tokenizer)
         elif stage == "explain":
@@ -535,6 +543,8 @@ def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, fresh: bool = False, 
             adapt_stage(cfg, model, tokenizer, resume=True)
         else:
             compare_stage(cfg)
+        if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
+            store.update_manifest(remote_usage=model.usage_dict())
     return store
 
 

@@ -86,6 +86,25 @@ def token_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "log_
     return logp - torch.log(-torch.expm1(logp.clamp(max=-1e-7)))
 
 
+def scores_from_logprobs(logp: np.ndarray, score: str = "log_odds") -> np.ndarray:
+    """:func:`token_scores` from the target tokens' log-probabilities ``logp`` (any shape, nats), float64.
+
+    ``log_odds`` needs only ``log p``: ``1 - p`` is the mass of every other token.
+    """
+    logp = np.asarray(logp, dtype=np.float64)
+    if score == "log_prob":
+        return logp
+    return logp - np.log(-np.expm1(np.minimum(logp, -1e-7)))
+
+
+def make_scorer(model, prompt: EncodedPrompt, target_ids: Sequence[int], **options):
+    """The scorer of ``model`` (a remote model builds its own, :mod:`shapshift.remote`), else a :class:`TeacherForcedScorer`."""
+    build = getattr(model, "make_scorer", None)
+    if callable(build) and getattr(model, "is_remote", False):
+        return build(prompt, target_ids, **options)
+    return TeacherForcedScorer(model, prompt, target_ids, **options)
+
+
 def row_bytes(model: PreTrainedModel, n_prefix: int, n_body: int, n_out: int) -> int:
     """Rough bytes one coalition needs in a forward pass: its key/value cache, activations, logits."""
     cfg = model.config

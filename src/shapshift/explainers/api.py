@@ -276,4 +276,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
                        max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}))
              for p, e, t in zip(parts, prompts, target_ids)]
+    if getattr(model, "is_remote", False):
+        from ..remote.costs import announce_cost
+
+        announce_cost(tasks, method)
     return explain_tasks(tasks, method, progress=progress)[0]

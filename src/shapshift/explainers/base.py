@@ -10,7 +10,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..prompting import EncodedPrompt, PromptParts, token_strings
-from ..scoring import TeacherForcedScorer
+from ..scoring import make_scorer
 
 
 @dataclass
@@ -72,9 +72,8 @@ class ExplainTask:
     @cached_property
     def scorer(self) -> Any:
         """Scores ``(m, n_out)`` of coalitions ``(m, n_features)`` of the features (see TeacherForcedScorer)."""
-        scorer = TeacherForcedScorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
-                                     batch_size=self.batch_size, use_cache=self.use_cache,
-                                     prefix_cache=self.prefix_cache)
+        scorer = make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
+                             batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
         return scorer if self.groups is None else GroupedScorer(scorer, self.groups, len(self.prompt.input_ids))
 
 

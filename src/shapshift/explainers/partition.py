@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
+from ..errors import ConfigError
 from ..prompting import start_token_id
 from ..scoring import CPU_BATCH_SIZE, token_scores
 from .base import Attribution, Estimator, ExplainTask, register
@@ -93,6 +94,10 @@ class PartitionExplainer(Estimator):
     def attribute(self, task: ExplainTask) -> Attribution:
         import shap
 
+        if getattr(task.model, "is_remote", False):
+            raise ConfigError("method='partition' runs the shap library's own model wrapper, which needs the weights; "
+                              f"{task.model.spec} is a model behind an API.",
+                              "Use method auto, exact, kernel, sampling or hierarchical for a remote model.")
         model = scorable_model(task.model)
         masker = shap.maskers.Text(task.tokenizer)
         tf = _wrapped_teacher_forcing(task, model, masker, task.batch_size or CPU_BATCH_SIZE)
