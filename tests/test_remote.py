@@ -187,6 +187,9 @@ def test_a_remote_config_refuses_finetuning_and_attention_masking_before_any_req
         RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete"}})
     with pytest.raises(ConfigError, match="explain.masking=delete"):
         RunConfig.from_dict({"model": {"spec": spec}, "adapt": {"conditions": ["zero_shot"]}})
+    with pytest.raises(ConfigError, match="needs its weights|need its weights"):
+        RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete", "methods": ["auto", "attention"]},
+                             "adapt": {"conditions": ["zero_shot"]}})
     cfg = RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete"},
                                "adapt": {"conditions": ["zero_shot", "few_shot"]}})
     assert "api_key" not in str(cfg.to_dict()).replace("api_key_env", "")

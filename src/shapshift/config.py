@@ -290,6 +290,11 @@ class RunConfig:
             raise ConfigError(f"adapt.conditions includes finetuned, but {self.model.spec} is a model behind an API, "
                               "whose weights cannot be fine-tuned from here.",
                               "Drop it: --set adapt.conditions=[zero_shot,few_shot].")
+        lenses = [m for m in self.explain.all_methods if m in LENS_METHODS]
+        if lenses:
+            raise ConfigError(f"explain.methods includes {', '.join(lenses)}, but {self.model.spec} is a model behind an "
+                              "API: gradients and attention maps need its weights.",
+                              "Leave explain.methods empty (null) for a remote model; SHAP needs only its scores.")
         if self.explain.masking not in REMOTE_MASKINGS:
             raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
                               "attention masking needs the model's attention mask, which an API does not expose.",

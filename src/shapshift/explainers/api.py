@@ -183,6 +183,9 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
                               f"Use method='sampling' or 'auto' for inputs over {MAX_EXACT_FEATURES} tokens.")
         target = task.precision if task.precision is not None else (auto_precision(task.model) if method == "auto"
                                                                     else None)
+        if not REGISTRY[name].is_shap and getattr(task.model, "is_remote", False):
+            raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention), which a model behind "
+                              "an API does not expose.", "Use a SHAP method (auto, quadrature, kernel, ...) for a remote model.")
         start = time.perf_counter()
         if target is not None and name in ROUND_METHODS:
             res = explain_to_precision(task, name, target, cap, first_budget=task.max_evals if method == "auto" else None)
