@@ -185,8 +185,10 @@ def test_a_remote_config_refuses_finetuning_and_attention_masking_before_any_req
     spec = "openai-compatible:http://127.0.0.1:9/v1"  # nothing listens there: validation alone must refuse
     with pytest.raises(ConfigError, match="fine-tuned"):
         RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete"}})
-    with pytest.raises(ConfigError, match="explain.masking=delete"):
-        RunConfig.from_dict({"model": {"spec": spec}, "adapt": {"conditions": ["zero_shot"]}})
+    with pytest.raises(ConfigError, match="explain.masking=delete"):  # asked for explicitly
+        RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "attention"},
+                             "adapt": {"conditions": ["zero_shot"]}})
+    RunConfig.from_dict({"model": {"spec": spec}, "adapt": {"conditions": ["zero_shot"]}})  # auto: deletion
     with pytest.raises(ConfigError, match="needs its weights|need its weights"):
         RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete", "methods": ["auto", "attention"]},
                              "adapt": {"conditions": ["zero_shot"]}})

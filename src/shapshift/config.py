@@ -37,6 +37,22 @@ CONDITIONS = ("zero_shot", "few_shot", "finetuned")
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
 REMOTE_MASKINGS = ("delete", "replace")
+#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API.
+EXPLAIN_MASKINGS = ("auto", *MASKINGS)
+
+
+class _Remote:  # stands for any remote model in resolve_masking
+    is_remote = True
+
+
+_REMOTE = _Remote()
+
+
+def resolve_masking(masking: str, model: Any = None) -> str:
+    """The masking a scorer runs: ``auto`` becomes ``delete`` for a remote model and ``attention`` otherwise."""
+    if masking != "auto":
+        return masking
+    return "delete" if getattr(model, "is_remote", False) else "attention"
 
 
 def is_remote(spec: str) -> bool:
@@ -128,7 +144,8 @@ class ExplainConfig:
     ``score``: ``log_odds`` (as ``shap.models.TeacherForcing``) or ``log_prob`` of each target token.
     ``target``: ``baseline`` (every condition explains the baseline's generation), ``own`` (each
     condition its own generation) or ``reference`` (the dataset's target column).
-    ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`).
+    ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`);
+    ``auto``: attention masking, or deletion for a model behind an API (:func:`resolve_masking`).
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
     ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
     ``precision``: explain to this expected rank agreement of two independent runs (0 < p < 1; Spearman
@@ -143,7 +160,7 @@ class ExplainConfig:
     max_evals: int = 512
     batch_size: int | None = None
     score: str = "log_odds"
-    masking: str = "attention"
+    masking: str = "auto"
     target: str = "baseline"
     seed: int = 0
     precision: float | None = None
@@ -171,8 +188,8 @@ class ExplainConfig:
                     f"Write e.g. explain.methods=[{self.method}, integrated_gradients, attention], or leave it null.")
         if self.score not in SCORES:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
-        if self.masking not in MASKINGS:
-            raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(MASKINGS)}.")
+        if self.masking not in EXPLAIN_MASKINGS:
+            raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(EXPLAIN_MASKINGS)}.")
         if self.unit not in UNITS:
             raise ConfigError(f"explain.unit={self.unit!r} is unknown.", f"Use one of {', '.join(UNITS)}.")
         if self.unit != "token" and self.method == "partition":
@@ -295,7 +312,7 @@ class RunConfig:
             raise ConfigError(f"explain.methods includes {', '.join(lenses)}, but {self.model.spec} is a model behind an "
                               "API: gradients and attention maps need its weights.",
                               "Leave explain.methods empty (null) for a remote model; SHAP needs only its scores.")
-        if self.explain.masking not in REMOTE_MASKINGS:
+        if resolve_masking(self.explain.masking, _REMOTE) not in REMOTE_MASKINGS:
             raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
                               "attention masking needs the model's attention mask, which an API does not expose.",
                               "Set --set explain.masking=delete (tokens left out of the prompt) or replace.")

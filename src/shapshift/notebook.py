@@ -51,7 +51,7 @@ FORM_DEFAULTS: dict[str, Any] = {
     "n_explain": 8,
     "max_new_tokens": 3,
     "shap_method": "auto",
-    "masking": "attention",
+    "masking": "auto",
     "max_evals": 512,
     "conditions": "zero_shot, few_shot, finetuned",
     "instruction": "Decide whether the movie review is positive or negative.",

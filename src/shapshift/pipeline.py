@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import RunConfig
+from .config import RunConfig, resolve_masking
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
 from .generation import generate
@@ -269,7 +269,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
-    meta = {"method": method, "methods_used": methods, "score": ex.score, "masking": ex.masking,
+    meta = {"method": method, "methods_used": methods, "score": ex.score, "masking": resolve_masking(ex.masking, model),
             "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import LENS_METHODS, ExplainConfig, GenerationConfig
+from ..config import LENS_METHODS, ExplainConfig, GenerationConfig, resolve_masking
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
@@ -112,6 +112,7 @@ def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts:
         raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
     check_fits_context(model, len(prompt.ids), len(target_ids), f"The prompt of the input {parts.text[:60]!r}")
     unit = options.pop("unit", "token")
+    options["masking"] = resolve_masking(options.get("masking", "auto"), model)
     groups = None if unit == "token" else feature_groups(tokenizer, prompt.input_ids, unit)
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
                        target_ids=[int(t) for t in target_ids], groups=groups, **options)
@@ -226,7 +227,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``input_x_gradient``, ``integrated_gradients`` (Captum, on the input embeddings, w.r.t. the
         same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``.
     score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
-    masking: ``attention`` (default), ``delete`` or ``replace`` (``partition`` always uses shap's
+    masking: ``auto`` (default: ``attention``, or ``delete`` for a model behind an API), ``attention``, ``delete`` or
+        ``replace`` (``partition`` always uses shap's
         ``Text`` masker, which writes ``...`` for masked tokens).
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: the first round uses ``4n + 2`` when that is less).
