@@ -284,6 +284,7 @@ def test_killed_run_continues_on_a_plain_rerun(tmp_path, finished_run):
     assert _wait_for(proc, partial / "03_few_shot", 1) >= 1
     proc.kill()
     _, err = proc.communicate()
+    assert f"stage explain: running (it was interrupted last time ({done_before} finished example(s) kept))" in err
     assert f"baseline: resuming, {done_before} of 4 examples already explained" in err, err[-3000:]
     assert (tmp_path / "killed" / "02_baseline.parquet").exists()
     few_before = len(list((partial / "03_few_shot").glob("example-*.npz")))

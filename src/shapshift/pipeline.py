@@ -159,7 +159,9 @@ def stage_status(store: RunStore, cfg: RunConfig, stage: str) -> tuple[bool, str
     """``(reusable, why)``: whether ``stage`` finished under the same config with its artifacts intact."""
     info = store.manifest().get("stages", {}).get(stage)
     if not info:
-        return False, "not run yet in this folder"
+        kept = sum(len(list(store.path(f".partial/{stem}").glob("example-*.npz"))) for stem in _stage_stems([stage]))
+        return False, (f"it was interrupted last time ({kept} finished example(s) kept)" if kept
+                       else "not run yet in this folder")
     if info.get("fingerprint") != stage_fingerprint(cfg, stage):
         changed = changed_settings(info.get("settings") or {}, cfg, stage) if info.get("settings") else []
         return False, ("its settings changed: " + ", ".join(changed)) if changed else "its settings changed"
