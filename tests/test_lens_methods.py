@@ -7,11 +7,10 @@ full-input score (the lenses must explain the very score the SHAP estimators exp
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny
 
 import shapshift
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
@@ -19,28 +18,6 @@ from shapshift.explainers.api import to_parts
 
 LENSES = ("input_x_gradient", "integrated_gradients", "attention", "attention_rollout")
 TEXT, TEMPLATE, TARGET = "a warm , funny and moving film", "Review: {input}\nSentiment:", " positive great"
-
-
-@cache
-def tiny(arch: str, dtype: torch.dtype = torch.float32):
-    """Random 2-layer models with the SmolLM2 tokenizer; GPT-Neo with a local window (4) shorter than the prompt."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from shapshift.models import random_gpt_neo, tiny_gpt_neo
-
-    _, tok = tiny_gpt_neo()
-    torch.manual_seed(0)
-    if arch == "neo":
-        model, _ = random_gpt_neo(1, tok, hidden_size=32, num_layers=2, num_heads=2, window_size=4,
-                                  attention_types=[[["local", "global"], 1]], max_position_embeddings=256,
-                                  intermediate_size=64)
-    elif arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=256))
-    return model.to(dtype).eval(), tok
 
 
 def task_for(model, tok, text=TEXT, template=TEMPLATE, target=TARGET, **options):

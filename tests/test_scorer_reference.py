@@ -16,7 +16,6 @@ against the reference's scores of the full and the fully masked input.
 from __future__ import annotations
 
 import os
-from functools import cache
 
 import numpy as np
 import pytest
@@ -24,10 +23,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference_scorer import naive_scores
+from tiny_models import tiny
 
 import shapshift
 from shapshift.prompting import PromptParts, build_prompt, encode_prompt
-from shapshift.scoring import MASKINGS, TeacherForcedScorer, has_windowed_attention
+from shapshift.scoring import MASKINGS, TeacherForcedScorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,31 +39,6 @@ ARCHS = ["neo", "gpt2", "llama"]
 #: draws per property: 300 scorer draws in CI, ten times as many in ``make test-deep``
 DEPTH = 10 if os.environ.get("SHAPSHIFT_DEEP") else 1
 FULL_DRAWS = 300 * DEPTH
-
-
-@cache
-def tiny(arch: str):
-    """Random 2-layer models with the SmolLM2 tokenizer; GPT-Neo's local window (4) is shorter than most rows."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    from shapshift.models import random_gpt_neo, tiny_gpt_neo
-
-    _, tok = tiny_gpt_neo()
-    torch.manual_seed(0)
-    if arch == "neo":
-        model, _ = random_gpt_neo(1, tok, hidden_size=32, num_layers=2, num_heads=2, window_size=4,
-                                  attention_types=[[["local", "global"], 1]], max_position_embeddings=256,
-                                  intermediate_size=64)
-        assert has_windowed_attention(model)
-    elif arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256,
-                                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    return model.eval(), tok
 
 
 def _text(words: list[str]) -> str:

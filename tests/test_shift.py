@@ -173,7 +173,7 @@ def test_conditions_share_their_coalitions(method):
     """Common random numbers: two different models (two conditions) explained with one seed are asked about the
     same coalitions in the same order (an adaptive run may ask more of one: the shared part is identical);
     another seed asks about others."""
-    from test_scorer_reference import tiny
+    from tiny_models import tiny
 
     from shapshift.explainers import explain_tasks, make_task
     from shapshift.prompting import build_prompt

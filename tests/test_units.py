@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference_scorer import naive_scores
-from test_scorer_reference import tiny
+from tiny_models import tiny
 
 import shapshift
 from shapshift.errors import ConfigError
