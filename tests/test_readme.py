@@ -63,8 +63,8 @@ SHELL_LINES = {
     ("shapshift", "preprocess"): "stage",  # SMALL appended
     ("shapshift", "explain"): "stage",     # SMALL appended
     ("shapshift", "adapt"): "stage",       # SMALL appended
-    ("shapshift", "compare"): "as_written",
-    ("shapshift", "report"): "as_written",
+    ("shapshift", "compare"): "stage",     # SMALL appended: compare refuses a run made under other settings
+    ("shapshift", "report"): "stage",      # SMALL appended (the same config as the demo run)
     ("shapshift", "explain-text"): "as_written",  # its --out file must exist afterwards
 }
 
