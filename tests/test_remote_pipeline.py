@@ -25,12 +25,15 @@ SECRET = "sk-test-not-to-be-stored-0123456789"
 
 def test_the_demo_runs_against_a_completions_server_from_the_cli(tmp_path):
     with llama_server(log_dir=tmp_path) as spec:
-        # the model spec is the one change (explain.masking is auto: deletion for a remote model); the demo's
-        # finetuned condition is dropped, as a remote model cannot be fine-tuned
-        remote = [f"model.spec={spec}", "adapt.conditions=[zero_shot,few_shot]"]
-        sets = [a for s in [*remote, *SMALL, f"output_dir={tmp_path / 'out'}"] for a in ("--set", s)]
+        # a notebook-02-style run (the demo's config without its finetuned condition: a remote model cannot be
+        # fine-tuned); the model spec is the one change (explain.masking is auto: deletion for a remote model)
+        config = tmp_path / "prompting.yaml"
+        config.write_text((REPO / "configs" / "demo.yaml").read_text().replace(
+            "conditions: [zero_shot, few_shot, finetuned]", "conditions: [zero_shot, few_shot]"))
+        assert "finetuned]" not in config.read_text()
+        sets = [a for s in [f"model.spec={spec}", *SMALL, f"output_dir={tmp_path / 'out'}"] for a in ("--set", s)]
         env = {**os.environ, "OPENAI_API_KEY": SECRET}
-        done = subprocess.run([sys.executable, "-m", "shapshift.cli", "run", "--config", "configs/demo.yaml", *sets],
+        done = subprocess.run([sys.executable, "-m", "shapshift.cli", "run", "--config", str(config), *sets],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "up to" in done.stderr and "requests and" in done.stderr  # the cost notice before each explain
