@@ -24,6 +24,7 @@ difference ``auto(word) − ContextCite``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py            # 6 + 3 inputs
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --quick    # 1 + 1 inputs
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --n-long 0 --masking delete
 
 Needs ``pip install context-cite`` (it pulls spaCy and NLTK; neither is used for splitting here).
 Writes ``benchmarks/bench_contextcite.csv`` and ``benchmarks/CONTEXTCITE.md``.
@@ -133,10 +134,10 @@ def word_order(word_values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(word_values, float), kind="stable")
 
 
-def run_auto(model, tok, case: Case, unit: str) -> tuple[np.ndarray, dict, float]:
+def run_auto(model, tok, case: Case, unit: str, masking: str = "attention") -> tuple[np.ndarray, dict, float]:
     """Word importances ``(n_words,)`` (values summed over target tokens, and over a word's tokens), stats, seconds."""
     prompt = encode_prompt(case.parts, tok)
-    task = make_task(model, tok, case.parts, case.target_ids, input_ids=prompt.input_ids, unit=unit, seed=0)
+    task = make_task(model, tok, case.parts, case.target_ids, input_ids=prompt.input_ids, unit=unit, seed=0, masking=masking)
     start = time.perf_counter()
     [exp], [stats] = explain_tasks([task], "auto", progress=False)
     seconds = time.perf_counter() - start
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ablations", type=int, default=64, help="ContextCite's ablations per example")
     ap.add_argument("--cc-batch", type=int, default=16, help="ContextCite's batch size (left padding)")
     ap.add_argument("--n-random", type=int, default=16)
+    ap.add_argument("--masking", default="attention", help="auto's masking (its default: attention); "
+                    "another value is written to *_<masking>.csv/md")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -234,11 +237,11 @@ def main(argv=None) -> int:
         groups = feature_groups(tok, encode_prompt(case.parts, tok).input_ids, "word")
         if len(groups) != n_words:
             raise RuntimeError(f"{case.name}: {len(groups)} word groups vs {n_words} words")
-        vw, sw, secw = run_auto(model, tok, case, "word")
+        vw, sw, secw = run_auto(model, tok, case, "word", args.masking)
         if all(len(g) == 1 for g in groups):  # every word one token: the token run is the word run, reused
             vt, st, sect = vw, sw, secw
         else:
-            vt, st, sect = run_auto(model, tok, case, "token")
+            vt, st, sect = run_auto(model, tok, case, "token", args.masking)
         vc, secc = run_contextcite(model, cc_tok, case, args.ablations, args.cc_batch)
         score = word_deletion_scorer(model, tok, case)
         rand = float(np.mean([deletion_aopc(score, np.random.default_rng(s).permutation(n_words), n_words)
@@ -259,7 +262,7 @@ def main(argv=None) -> int:
         rows.append(row)
         log.info("%s", row)
     df = pd.DataFrame(rows)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("" if args.masking == "attention" else f"_{args.masking}")
     df.to_csv(args.out / f"bench_contextcite{suffix}.csv", index=False)
     write_note(df, args, suffix, load_start)
     return 0
@@ -286,10 +289,10 @@ def write_note(df: pd.DataFrame, args, suffix: str, load_start: str) -> None:
         f"(`Review: …\\nSentiment:`) and {(df.set == 'paragraph').sum()} Alpaca paragraphs with their instruction "
         "as the query (`Context: …\\n\\nQuery: …`), chat template, the model's greedy continuation of at most "
         f"{args.max_new_tokens} tokens as the target for every method. `auto` at its default precision "
-        f"({auto_precision():g} on CPU, max_evals 512, seed 0) with `unit=word` and with tokens (token values "
+        f"({auto_precision():g} on CPU, max_evals 512, seed 0, masking {args.masking}) with `unit=word` and with tokens (token values "
         f"summed per word); ContextCite 0.0.4 per word (whitespace words, the same as `unit=word`), "
         f"{args.ablations} ablations, Lasso surrogate, batch {args.cc_batch}. Made by:", "",
-        f"    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py{' --quick' if args.quick else ''}", "",
+        f"    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py{' '.join([''] + sys.argv[1:])}", "",
         "Deletion AOPC: mean drop (nats) of the target's total log-probability after deleting the top "
         f"k = 1..{K_MAX} words from the text (re-tokenised, plain forward pass); higher is more faithful; "
         f"random: mean of {args.n_random} random word orders. Seconds per example include each method's "
