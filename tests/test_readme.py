@@ -333,7 +333,9 @@ def test_inline_commands_exist():
         if words[0] == "shapshift":
             key, options = (str(BIN / "shapshift"), words[1]), words[2:]
         elif re.search(r"(^|/)python3?$", words[0]) and words[1] == "-m" and len(words) > 2:  # a module's CLI
-            key, options = (sys.executable, "-m", words[2]), words[3:]
+            # with its subcommand when it has one (`python -m pip wheel --no-deps ...`: pip wheel's --help)
+            sub = words[3:4] if len(words) > 3 and re.fullmatch(r"[a-z][\w-]*", words[3]) else []
+            key, options = (sys.executable, "-m", words[2], *sub), words[3 + len(sub):]
         else:
             script = words[1] if re.search(r"(^|/)python3?$", words[0]) else words[0]
             if not (REPO / script).is_file():
