@@ -184,7 +184,7 @@ def test_parser_sees_every_kind_of_code():
     assert [(b.lang, b.line) for b in blocks] == [("python", 3), ("bash", 7), ("", 14), ("yaml", 18)]
     assert [(s.line, s.words, s.kind) for s in shell_lines(blocks[1])] == [
         (8, ["make", "demo"], "make_demo"), (10, ["shapshift", "run", "--config", "a.yaml"], "stage_resume")]
-    assert [s.kind for s in shell_lines(blocks[2])] == ["as_written"]
+    assert [s.kind for s in shell_lines(blocks[2])] == ["stage"]
     assert "yaml" not in FENCES
     assert indented_code(prose) == [(28, "    pip install x")]
     assert ShellLine(1, "pip install shapshift").kind is None
