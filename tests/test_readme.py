@@ -192,7 +192,8 @@ def test_parser_sees_every_kind_of_code():
 
 def test_make_demo_keeps_its_plain_command():
     """With no DEMO_ARGS, `make demo` runs exactly the demo config (what the README promises)."""
-    dry = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True)
+    # --no-print-directory: under `make test` (MAKELEVEL=1) make would add "Leaving directory" lines
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines()[-1].split() == [".venv/bin/shapshift", "run", "--config", "configs/demo.yaml"]
 
