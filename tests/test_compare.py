@@ -14,7 +14,8 @@ import shap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shapshift import compare, report
+from shapshift import compare, report, textplot
+from shapshift.conditions import stem as condition_stem
 from shapshift.config import CompareConfig
 from shapshift.errors import ArtifactError
 from shapshift.stats import bootstrap_mean_ci, holm, wilcoxon_paired
@@ -95,7 +96,7 @@ def make_run(path, *, conditions=NOISE, n_examples=7, seed=0, meta=None) -> RunS
     ids = [10 + i for i in base]
     save_explanations(store, "02_baseline", explanations(0.0), ids, "baseline", meta)
     for cond, scale in conditions.items():
-        save_explanations(store, compare.CONDITION_STEMS[cond], explanations(scale, short=cond == "finetuned"), ids,
+        save_explanations(store, condition_stem(cond), explanations(scale, short=cond == "finetuned"), ids,
                           cond)
     return store
 
@@ -110,7 +111,7 @@ def run(tmp_path_factory):
 
 
 def stored_long(store: RunStore, condition: str) -> pd.DataFrame:
-    return store.read_parquet(f"{compare.CONDITION_STEMS[condition]}.parquet")
+    return store.read_parquet(f"{condition_stem(condition)}.parquet")
 
 
 def recomputed(store: RunStore, cond_a: str, cond_b: str, k: int | None, metric: str) -> float:
@@ -248,7 +249,7 @@ def test_report_is_self_contained_with_valid_colours(run):
     assert text.count("data:image/png;base64,") == 4
     assert "np.float64" not in text and "np.float" not in text
     colours = RGBA_ANY.findall(text)
-    assert colours and all(report.RGBA.fullmatch(c) for c in colours)
+    assert colours and all(textplot.RGBA.fullmatch(c) for c in colours)
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
     assert "<link" not in text
     assert "How to read this" in text and "Wilcoxon" in text
@@ -265,15 +266,15 @@ def test_report_is_self_contained_with_valid_colours(run):
 def test_text_plot_html_colours_and_escaping():
     exp = shap.Explanation(values=np.array([[0.5, -1.0], [2.0, 0.25]]), base_values=np.zeros(2),
                            data=np.array(["a&b", "<c>"], dtype=object), output_names=["<|endoftext|>", " x"])
-    html = report.text_plot_html(exp, cmax=2.0)
+    html = textplot.text_plot_html(exp, cmax=2.0)
     assert "np.float64" not in html
     colours = RGBA_ANY.findall(html)
-    assert len(colours) >= 4 and all(report.RGBA.fullmatch(c) for c in colours)
+    assert len(colours) >= 4 and all(textplot.RGBA.fullmatch(c) for c in colours)
     assert "&lt;|endoftext|&gt;" in html and "<|endoftext|>" not in html
     assert "a&amp;b" in html
-    agg = report.text_plot_html(exp, how="sum")
-    assert all(report.RGBA.fullmatch(c) for c in RGBA_ANY.findall(agg))
-    assert report.fix_numpy_reprs("rgba(np.float64(255.0), np.float64(1.0), 0, np.float32(0.5))") == \
+    agg = textplot.text_plot_html(exp, how="sum")
+    assert all(textplot.RGBA.fullmatch(c) for c in RGBA_ANY.findall(agg))
+    assert textplot.fix_numpy_reprs("rgba(np.float64(255.0), np.float64(1.0), 0, np.float32(0.5))") == \
         "rgba(255.0, 1.0, 0, 0.5)"
 
 
@@ -288,12 +289,12 @@ def test_text_plot_axis_labels_do_not_overlap():
     narrow plot are dropped (the ticks stay)."""
     exp = shap.Explanation(values=np.array([[0.01], [-0.008], [0.002]]), base_values=np.array([-10.6]),
                            data=np.array(["a", "b", "c"], dtype=object), output_names=["x"])
-    out = report.text_plot_html(exp)
+    out = textplot.text_plot_html(exp)
     labels = re.findall(r'<text x="([0-9.]+)%" y="(?:10|27)"[^>]*text-anchor="(\w+)"[^>]*>(.*?)</text>', out)
     by_text = {t: (float(x), a) for x, a, t in labels}
     base_x, base_anchor = by_text["base value"]
     f_x, f_anchor = next(v for t, v in by_text.items() if t.startswith("f<tspan"))
-    assert abs(base_x - f_x) < report.LABEL_GAP
+    assert abs(base_x - f_x) < textplot.LABEL_GAP
     assert (base_anchor, f_anchor) == (("end", "start") if base_x <= f_x else ("start", "end"))
     numbers = [t for _, _, t in labels if re.fullmatch(r"-?[0-9.]+", t)]
     assert set(numbers) == {"-10.6", "-10.596"}, numbers  # base value and f(inputs) only, no tick values

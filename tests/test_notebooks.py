@@ -20,7 +20,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from shapshift.notebook import FORM_DEFAULTS, TEXT_PLOT_CLASS
+from shapshift.display import TEXT_PLOT_CLASS
+from shapshift.form import FORM_DEFAULTS, form_cell_source
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -42,11 +43,12 @@ EXPECTED = {
 def small_parameters(run_root: Path) -> dict:
     """Form values for a fast CPU run: 2 examples, 32 evaluations each, 2 generated tokens, 2 training steps."""
     return {
-        "model_name": "smollm2-135m", "dtype": "float32",
-        "dataset_name": str(REPO / "data" / "demo_reviews.csv"), "input_column": "text",
-        "target_column": "label", "label_column": "label", "label_names": "", "max_rows": 0,
-        "max_input_tokens": 12, "n_explain": 2, "max_new_tokens": 2, "shap_method": "sampling",
-        "max_evals": 32, "k_shot": 2, "max_steps": 2, "ks": "1, 3", "n_plot_examples": 2,
+        "model_spec": "smollm2-135m", "model_dtype": "float32",
+        "data_source": str(REPO / "data" / "demo_reviews.csv"), "data_input_column": "text",
+        "data_target_column": "label", "data_label_column": "label", "data_label_names": "", "data_max_rows": 0,
+        "data_max_input_tokens": 12, "data_n_explain": 2, "generation_max_new_tokens": 2, "explain_method": "sampling",
+        "explain_max_evals": 32, "adapt_k_shot": 2, "adapt_finetune_max_steps": 2, "compare_ks": "1, 3",
+        "compare_n_plot_examples": 2,
         "run_root": str(run_root), "run_name": RUN_NAME, "use_drive": False, "resume": True,
         "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4; "
                           "explain.methods=[sampling, input_x_gradient, attention]",
@@ -94,9 +96,10 @@ def test_committed_notebook_has_no_outputs(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_parameters_form_matches_the_helpers(name):
-    """One form, the same fields and defaults as shapshift.notebook.FORM_DEFAULTS, each a Colab #@param."""
+    """One form, written by shapshift.form (the same fields and defaults as FORM_DEFAULTS), each a Colab #@param."""
     nb = read(name)
     cell = nb.cells[parameters_cell(nb)]
+    assert cell.source == form_cell_source(), f"{name}: regenerate the form: python -m shapshift.form notebooks/*.ipynb"
     assert cell.source.startswith("#@title")
     values = {}
     for node in ast.parse(cell.source).body:
@@ -109,7 +112,7 @@ def test_parameters_form_matches_the_helpers(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_cells_are_thin(name):
-    """Every code cell has a #@title; past the install cell, cells import only shapshift.notebook."""
+    """Every code cell has a #@title; past the install cell, cells import only shapshift's notebook helpers."""
     nb = read(name)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.source.startswith("#@title") for c in code)
@@ -118,7 +121,7 @@ def test_cells_are_thin(name):
     assert 'shapshift_source = "https://github.com/OWNER/shapshift"  #@param {type:"string"}' in install
     assert "#@markdown **Install from**" in install  # one sentence on what to put there
     assert 'find_spec("shapshift") is None' in install
-    assert any("nb.install_extras(cfg)" in c.source for c in code), f"{name}: no cell installs the model's extras"
+    assert any("colab.install_extras(cfg)" in c.source for c in code), f"{name}: no cell installs the model's extras"
     pip = [ln for ln in install.splitlines() if '"pip"' in ln]
     assert pip and not any("torch" in ln for ln in pip), "install shapshift only, nothing Colab already has"
     for c in code[1:]:
@@ -126,7 +129,7 @@ def test_cells_are_thin(name):
             continue
         body = [ln for ln in c.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         imports = [ln for ln in body if ln.startswith(("import ", "from "))]
-        assert imports in ([], ["from shapshift import notebook as nb"]), c.source
+        assert imports in ([], ["from shapshift import colab, display, form"]), c.source
         assert len(body) <= 4, f"{name}: a cell of substance is one call into shapshift:\n{c.source}"
     assert any(c.cell_type == "markdown" for c in nb.cells[:1])
 
@@ -171,7 +174,7 @@ def test_install_cell_installs_from_a_git_url(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert f"from {target / 'shapshift'}" in done.stdout, done.stdout
-    check = ("from importlib import metadata; from shapshift.notebook import extras_command; "
+    check = ("from importlib import metadata; from shapshift.colab import extras_command; "
              "print(extras_command('smollm2-135m')[-2:], extras_command('EleutherAI/gpt-neo-125m'), "
              "[r for r in metadata.requires('shapshift') if 'offline' in r])")
     out = subprocess.run([str(python), "-c", check], capture_output=True, text=True, env=env, check=True).stdout

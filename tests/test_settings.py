@@ -14,7 +14,7 @@ from conftest import REPO
 from test_pipeline import tiny_config
 
 import shapshift
-from shapshift import notebook as nb
+from shapshift import form
 from shapshift.cli import build_parser
 from shapshift.config import SECTIONS, ExplainConfig, GenerationConfig, RunConfig, config_keys
 from shapshift.pipeline import load_condition, run
@@ -62,21 +62,26 @@ def test_explain_and_explain_text_defaults_are_the_configs():
 def test_every_form_field_sets_a_config_key():
     """Changing one form field changes the config key(s) it stands for, and nothing else breaks."""
     probes = {str: "x-changed", int: 7, float: 0.125, bool: False}
-    base = nb.config_from_form(nb.FORM_DEFAULTS).to_dict()
-    choices = {"model_name": "smollm2-135m", "dtype": "bfloat16", "shap_method": "kernel", "masking": "delete",
-               "conditions": "few_shot", "finetune_method": "full", "ks": "2, 4", "label_names": "0: bad, 1: good",
-               "template": "Text: {input} =>", "target_column": "other", "label_column": "other",
-               "run_name": "another"}
-    for field, default in nb.FORM_DEFAULTS.items():
+    base = form.config_from_form(form.FORM_DEFAULTS).to_dict()
+    choices = {"model_spec": "smollm2-135m", "model_dtype": "bfloat16", "explain_method": "kernel",
+               "explain_masking": "delete", "explain_unit": "word", "explain_precision": 0.9,
+               "adapt_conditions": "few_shot", "adapt_finetune_method": "full", "compare_ks": "2, 4",
+               "data_label_names": "0: bad, 1: good", "data_template": "Text: {input} =>", "data_target_column": "other",
+               "data_label_column": "other", "run_name": "another"}
+    flat = form._flatten
+    for field, default in form.FORM_DEFAULTS.items():
         if field in NOTEBOOK_ONLY - {"run_root"}:
             continue
         value = choices.get(field, probes[type(default)])
-        changed = nb.config_from_form({**nb.FORM_DEFAULTS, field: value}).to_dict()
+        changed = form.config_from_form({**form.FORM_DEFAULTS, field: value}).to_dict()
         assert changed != base, f"form field {field} changes no config key"
+        if field in form.FIELD_KEYS:  # exactly its own key
+            diff = {k for k, v in flat(changed).items() if flat(base).get(k) != v}
+            assert diff == {form.FIELD_KEYS[field]}, (field, diff)
 
 
 def test_the_form_defaults_are_the_colab_config():
-    from_form = nb.config_from_form(nb.FORM_DEFAULTS).to_dict()
+    from_form = form.config_from_form(form.FORM_DEFAULTS).to_dict()
     from_yaml = RunConfig.from_yaml(REPO / "configs" / "colab_sst2.yaml").to_dict()
     assert from_form == from_yaml
 
@@ -90,7 +95,8 @@ def test_masking_and_automatic_batch_size_work_from_every_entry_point(tmp_path, 
     elif how == "set":
         cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["explain.masking=delete", "explain.batch_size=null"])
     else:
-        cfg = nb.config_from_form({**nb.FORM_DEFAULTS, "masking": "delete", "extra_settings": "explain.batch_size=null"})
+        cfg = form.config_from_form({**form.FORM_DEFAULTS, "explain_masking": "delete",
+                                     "extra_settings": "explain.batch_size=null"})
     assert cfg.explain.masking == "delete" and cfg.explain.batch_size is None
 
 

@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import conditions
 from .store import RunStore
 
-#: Conditions in display order (as in :data:`shapshift.compare.CONDITION_STEMS`, without the rerun).
-ORDER = ("baseline", "zero_shot", "few_shot", "finetuned")
 #: Below this geometric-mean probability per token, the explained text counts as improbable.
 IMPROBABLE_TOKEN_P = 0.05
 FINETUNE_FILE = "03_finetune.json"
@@ -46,7 +45,7 @@ def condition_summary(gens: pd.DataFrame) -> pd.DataFrame:
     (mean over examples of the summed log-probability of the explained text, nats) and
     ``token_p`` (geometric-mean probability per explained token, exp of the mean per-token log-prob)."""
     rows = []
-    for cond in [c for c in ORDER if c in set(gens["condition"])] + sorted(set(gens["condition"]) - set(ORDER)):
+    for cond in sorted(set(gens["condition"]), key=conditions.order_key):
         g = gens[gens["condition"] == cond]
         matches = g["label_match"].dropna()
         per_token = (g["explained_logprob"] / g["n_explained_tokens"].clip(lower=1)).mean()

@@ -19,6 +19,7 @@ from .config import (
     apply_overrides,
 )
 from .errors import ConfigError, ShapshiftError
+from .stages import STAGES, TABLE
 
 log = logging.getLogger("shapshift")
 
@@ -99,14 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shapshift", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    stages = {
-        "run": ("all four stages", ("preprocess", "explain", "adapt", "compare")),
-        "preprocess": ("stage 1: dataset -> 01_dataset.parquet", ("preprocess",)),
-        "explain": ("stage 2: explain the pre-trained model -> 02_baseline.*", ("explain",)),
-        "adapt": ("stage 3: zero-shot, few-shot, fine-tuned -> 03_*", ("adapt",)),
-        "compare": ("stage 4: overlap, statistics, figures, report", ("compare",)),
-    }
-    for name, (help_text, stage_list) in stages.items():
+    verbs = {"run": ("all four stages", STAGES)}
+    verbs.update({s.name: (f"stage {i}: {s.title} -> {', '.join(w + '*' for w in s.writes)}", (s.name,))
+                  for i, s in enumerate(TABLE, start=1)})
+    for name, (help_text, stage_list) in verbs.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=_stage_command(stage_list))
     p = sub.add_parser("report", help="rewrite report.html from the stored stage-4 results")

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import conditions as conds
 from . import overlap as ov
 from . import shift
+from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .errors import ArtifactError
 from .stats import bootstrap_mean_ci, holm, wilcoxon_paired
@@ -42,16 +44,6 @@ from .store import RunStore, atomic_write_bytes, load_explanations
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
-NOISE_FLOOR = "baseline_rerun"
-#: Conditions in display order, and the artifact stem of each.
-CONDITION_STEMS = {
-    BASELINE: "02_baseline",
-    NOISE_FLOOR: "02_baseline_rerun",
-    "zero_shot": "03_zero_shot",
-    "few_shot": "03_few_shot",
-    "finetuned": "03_finetuned",
-}
 OVERLAP_FILE = "04_overlap.parquet"
 #: Per-feature changes and per-example verdicts against the estimator's noise (:mod:`shapshift.shift`).
 CHANGES_FILE = "04_changes.parquet"
@@ -73,14 +65,18 @@ Explanations = dict[int, Any]  # example_id -> shap.Explanation
 
 # -- loading --------------------------------------------------------------------------------------
 def available_conditions(store: RunStore) -> list[str]:
-    """The conditions whose explanations exist in the run folder, in :data:`CONDITION_STEMS` order."""
-    return [c for c, stem in CONDITION_STEMS.items()
-            if store.path(f"{stem}.parquet").exists() or store.path(f"{stem}.pkl").exists()]
+    """The conditions whose explanations exist in the run folder: registered ones in registry order
+    (:mod:`shapshift.conditions`), then a user's own (``03_<name>``) by name."""
+    found = [c for c in conds.REGISTRY if store.path(f"{conds.stem(c)}.parquet").exists()
+             or store.path(f"{conds.stem(c)}.pkl").exists()]
+    own = {p.stem[3:] for p in [*store.dir.glob("03_*.parquet"), *store.dir.glob("03_*.pkl")]
+           if "__" not in p.stem and p.stem != "03_generations"} - set(found)
+    return found + sorted(own)
 
 
 def load_condition(store: RunStore, condition: str) -> Explanations:
     """``{example_id: shap.Explanation}`` of one condition (values ``(n_in, n_out)``)."""
-    ids, exps = load_explanations(store, CONDITION_STEMS[condition])
+    ids, exps = load_explanations(store, conds.stem(condition))
     return {int(i): e for i, e in zip(ids, exps, strict=True)}
 
 
@@ -92,7 +88,7 @@ def baseline_is_deterministic(store: RunStore) -> bool | None:
     the manifest's ``config.explain.method``; methods in :data:`DETERMINISTIC_METHODS` are deterministic.
     """
     meta: dict[str, Any] = {}
-    name = f"{CONDITION_STEMS[BASELINE]}.pkl"
+    name = f"{conds.stem(BASELINE)}.pkl"
     if store.path(name).exists():  # a file that fails its sha256 check stops here (ArtifactError names it)
         try:
             meta = pickle.loads(store.verify(name).read_bytes()).get("meta") or {}
@@ -253,7 +249,7 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
     store = RunStore(run_dir)
     conditions = available_conditions(store)
     if BASELINE not in conditions:
-        raise ArtifactError(f"No baseline explanations ({CONDITION_STEMS[BASELINE]}.parquet) in {store.dir}.",
+        raise ArtifactError(f"No baseline explanations ({conds.stem(BASELINE)}.parquet) in {store.dir}.",
                             "Run the explain stage first (`shapshift explain`).")
     top_fraction = float(getattr(cfg, "top_fraction", ov.TOP_FRACTION))
     rbo_p = float(getattr(cfg, "rbo_p", ov.RBO_P))
@@ -327,8 +323,8 @@ def run_notes(conditions: list[str], deterministic: bool | None, planned: list[s
     out of them on purpose is not reported missing. None: every condition is expected.
     """
     notes = []
-    expected = [BASELINE, *(planned if planned is not None else CONDITION_STEMS)]
-    missing = [c for c in CONDITION_STEMS if c in expected and c not in conditions and c != NOISE_FLOOR]
+    expected = [BASELINE, *(planned if planned is not None else conds.REGISTRY)]
+    missing = [c for c in expected if c not in conditions and c != NOISE_FLOOR]
     if missing:
         notes.append(f"Conditions without explanations (not compared): {', '.join(missing)}.")
     if NOISE_FLOOR not in conditions:

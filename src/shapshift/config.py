@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import conditions as _conditions
 from .errors import ConfigError
 
 EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarchical", "partition")
@@ -32,7 +33,8 @@ SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
 UNITS = ("token", "word", "sentence")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
-CONDITIONS = ("zero_shot", "few_shot", "finetuned")
+#: The default conditions of stage 3 (every registered one: :mod:`shapshift.conditions`).
+CONDITIONS = tuple(_conditions.stage3_names())
 #: A model spec with this prefix names an OpenAI-compatible completions server: ``openai-compatible:http://HOST:PORT/v1``.
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
@@ -233,17 +235,22 @@ class FinetuneConfig:
 
 @dataclass
 class AdaptConfig:
-    """The conditions compared with the baseline."""
+    """The conditions compared with the baseline (:mod:`shapshift.conditions`).
+
+    ``prompts``: your own prompting conditions, name → instruction put before the plain prompt;
+    ``adapters``: your own weights, name → folder of a PEFT adapter (or of a whole fine-tuned model).
+    List their names in ``conditions`` to explain them.
+    """
 
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     instruction: str = "Decide whether the movie review is positive or negative."
     k_shot: int = 4
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    prompts: dict[str, str] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        bad = [c for c in self.conditions if c not in CONDITIONS]
-        if bad:
-            raise ConfigError(f"adapt.conditions has unknown names {bad}.", f"Use some of {list(CONDITIONS)}.")
+        _conditions.check_names(self.conditions, self.prompts, self.adapters)
         if self.k_shot < 1:
             raise ConfigError("adapt.k_shot must be at least 1.")
         self.finetune.validate()
@@ -303,10 +310,12 @@ class RunConfig:
 
     def _validate_remote(self) -> None:
         """A model behind an API: no weights to fine-tune, no attention mask (checked before any request)."""
-        if "finetuned" in self.adapt.conditions:
-            raise ConfigError(f"adapt.conditions includes finetuned, but {self.model.spec} is a model behind an API, "
-                              "whose weights cannot be fine-tuned from here.",
-                              "Drop it: --set adapt.conditions=[zero_shot,few_shot].")
+        weights = [c for c in self.adapt.conditions if _conditions.get(c, self).needs_weights]
+        if weights:
+            keep = [c for c in self.adapt.conditions if c not in weights]
+            raise ConfigError(f"adapt.conditions includes {', '.join(weights)}, but {self.model.spec} is a model behind "
+                              "an API, whose weights cannot be fine-tuned or changed from here.",
+                              f"Drop it: --set adapt.conditions=[{','.join(keep)}].")
         lenses = [m for m in self.explain.all_methods if m in LENS_METHODS]
         if lenses:
             raise ConfigError(f"explain.methods includes {', '.join(lenses)}, but {self.model.spec} is a model behind an "
@@ -388,6 +397,20 @@ def text_keys(cls: type = None, prefix: str = "") -> set[str]:  # type: ignore[a
         if dataclasses.is_dataclass(tp):
             out |= text_keys(tp, f"{prefix}{f.name}.")
         elif tp is str or set(typing.get_args(tp)) == {str, type(None)}:
+            out.add(prefix + f.name)
+    return out
+
+
+def optional_keys(cls: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
+    """The ``section.key`` names of the settings that may be none (their type admits ``None``)."""
+    cls = cls or RunConfig
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out |= optional_keys(tp, f"{prefix}{f.name}.")
+        elif type(None) in typing.get_args(tp):
             out.add(prefix + f.name)
     return out
 

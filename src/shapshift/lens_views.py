@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .compare import BASELINE, CONDITION_STEMS, NOISE_FLOOR
+from . import conditions
+from .conditions import BASELINE, NOISE_FLOOR
 from .lenses import LENSES_SUMMARY_FILE, load_lens, read_lens_summary, stored_lenses
 from .store import RunStore
 
@@ -27,9 +28,8 @@ LENS_LABELS = {"input_x_gradient": "input × gradient", "integrated_gradients": 
 KIND_TITLES = {"agreement": "explanation: lens vs SHAP", "shift": "shift from the baseline: lens vs SHAP"}
 
 
-def _order(conditions) -> list[str]:
-    known = list(CONDITION_STEMS)
-    return sorted(set(conditions), key=lambda c: known.index(c) if c in known else len(known))
+def _order(conds) -> list[str]:
+    return sorted(set(conds), key=conditions.order_key)
 
 
 def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
@@ -108,7 +108,7 @@ def lens_table_html(summary: pd.DataFrame) -> str:
     rows = []
     part = summary[summary["method"] != "shap"]
     for _, r in part.sort_values(["kind", "condition", "method"], key=lambda s: s.map(
-            {c: i for i, c in enumerate(CONDITION_STEMS)}) if s.name == "condition" else s).iterrows():
+            lambda c: conditions.order_key(c)[0]) if s.name == "condition" else s).iterrows():
         what = "ρ" if r["metric"] == "spearman" else f"top-{r['k_spec']} overlap"
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         p = r["wilcoxon_p"]

@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import conditions
 from . import overlap as ov
-from .compare import BASELINE, CONDITION_STEMS, NOISE_FLOOR, available_conditions
+from .compare import available_conditions
+from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .stats import bootstrap_mean_ci, wilcoxon_paired
 from .store import RunStore, atomic_write_bytes, load_explanations
@@ -56,7 +58,7 @@ def lens_stem(stem: str, lens: str) -> str:
 
 def load_lens(store: RunStore, condition: str, lens: str | None = None) -> dict[int, Any]:
     """``{example_id: Explanation}`` of a condition by SHAP (``lens=None``) or by a lens; ``{}`` when not stored."""
-    stem = CONDITION_STEMS[condition] if lens is None else lens_stem(CONDITION_STEMS[condition], lens)
+    stem = conditions.stem(condition) if lens is None else lens_stem(conditions.stem(condition), lens)
     if not (store.path(f"{stem}.parquet").exists() or store.path(f"{stem}.pkl").exists()):
         return {}
     ids, exps = load_explanations(store, stem)
@@ -65,7 +67,7 @@ def load_lens(store: RunStore, condition: str, lens: str | None = None) -> dict[
 
 def stored_lenses(store: RunStore) -> list[str]:
     """The lenses whose baseline explanations are in the run folder, in file-name order."""
-    prefix = lens_stem(CONDITION_STEMS[BASELINE], "")
+    prefix = lens_stem(conditions.stem(BASELINE), "")
     return sorted({p.name[len(prefix):].rsplit(".", 1)[0] for p in store.dir.glob(f"{prefix}*.parquet")})
 
 

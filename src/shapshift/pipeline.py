@@ -1,18 +1,19 @@
-"""The four stages as plain functions of a :class:`RunConfig`, and ``run()`` for all of them.
+"""The stages' functions (:data:`shapshift.stages.TABLE` names them) and ``run()``, the one stage runner.
 
 Stage artifacts (in ``config.run_dir``):
 1. ``01_dataset.parquet``
 2. ``02_generations.parquet``, ``02_baseline.{pkl,parquet}``, ``02_baseline_rerun.{pkl,parquet}`` (noise floor)
 3. ``03_<condition>.{pkl,parquet}``, ``03_generations.parquet``, ``adapters/``, ``03_finetune.json``
 4. ``04_overlap.parquet``, ``04_summary.csv``, ``figures/*.png``, ``report.html``
-and ``manifest.json`` (config, versions, timings, sha256 of each artifact).
+and ``manifest.json`` (config, versions, timings, sha256 of each artifact). The conditions of
+stage 3 and their set-up live in :mod:`shapshift.conditions`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -20,32 +21,26 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import conditions, stages
+from .conditions import BASELINE, NOISE_FLOOR
 from .config import RunConfig, resolve_masking
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
 from .generation import generate
-from .models import load_model, uses_chat_template
-from .prompting import (
-    Demonstration,
-    PromptParts,
-    build_prompt,
-    encode_prompt,
-    encode_targets,
-    token_strings,
-)
+from .models import load_model
+from .prompting import PromptParts, encode_prompt, encode_targets, token_strings
 from .scoring import make_scorer
+from .stages import STAGES, invalidate_from, stage_fingerprint, stage_record, stage_status
 from .store import (
     ExampleCheckpoint,
     RunStore,
     load_explanations,
     package_versions,
     save_explanations,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
 
-STAGES = ("preprocess", "explain", "adapt", "compare")
 DATASET = "01_dataset.parquet"
 
 
@@ -57,8 +52,9 @@ def open_store(cfg: RunConfig) -> RunStore:
 
 
 # -- stage 1 ----------------------------------------------------------------------------------------
-def preprocess_stage(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
-    """Stage 1: load, format, tokenise, split; writes ``01_dataset.parquet``."""
+def preprocess_stage(cfg: RunConfig, model: Any, tokenizer: PreTrainedTokenizerBase, *, resume: bool = True
+                     ) -> pd.DataFrame:
+    """Stage 1: load, format, tokenise, split; writes ``01_dataset.parquet`` (only the tokenizer is used)."""
     from .data import preprocess
 
     store = open_store(cfg)
@@ -74,10 +70,10 @@ def preprocess_stage(cfg: RunConfig, tokenizer: PreTrainedTokenizerBase) -> pd.D
 
 def check_training_rows(cfg: RunConfig, n_train: int) -> None:
     """Refuse a split that leaves too few train rows for the chosen conditions (before any model time)."""
-    need = max([1 if "finetuned" in cfg.adapt.conditions else 0,
-                cfg.adapt.k_shot if "few_shot" in cfg.adapt.conditions else 0])
+    needs = {c: conditions.get(c, cfg).train_rows(cfg) for c in cfg.adapt.conditions}
+    need = max(needs.values(), default=0)
     if n_train < need:
-        which = [c for c in ("few_shot", "finetuned") if c in cfg.adapt.conditions]
+        which = [c for c, n in needs.items() if n > 0]
         raise DataError(f"After putting data.n_explain={cfg.data.n_explain} examples into the explain split, "
                         f"{n_train} row(s) are left for training, but {' and '.join(which)} need(s) at least {need}.",
                         "Lower data.n_explain (or adapt.k_shot), raise data.max_rows, or leave those conditions "
@@ -89,150 +85,10 @@ def explain_rows(store: RunStore) -> pd.DataFrame:
     return df[df["split"] == "explain"].reset_index(drop=True)
 
 
-def base_parts(rows: pd.DataFrame) -> list[PromptParts]:
-    return [PromptParts(r.prompt_prefix, r.input_text, r.prompt_suffix) for r in rows.itertuples()]
-
-
-def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, *,
-                    instruction: str | None = None, demonstrations: Sequence[Demonstration] = ()) -> list[PromptParts]:
-    """Prompts of a prompting condition; the features (the text part) must equal the baseline's."""
-    chat = uses_chat_template(tokenizer, cfg.data.chat)
-    parts = [build_prompt(r.source_text, cfg.data.template, tokenizer, chat=chat, instruction=instruction,
-                          demonstrations=demonstrations) for r in rows.itertuples()]
-    for p, r in zip(parts, rows.itertuples()):
-        if p.text != r.input_text:
-            raise DataError(f"Example {r.example_id}: the condition's input text {p.text!r} differs from the baseline's {r.input_text!r}.",
-                            "The template must place {input} the same way in every condition.")
-    return parts
-
-
 def reference_targets(tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, parts: list[PromptParts]) -> list[list[int] | None]:
     """The reference target text of each row, tokenised alone (warns when that differs in context)."""
     prompts = [encode_prompt(p, tokenizer, input_ids=list(r.input_ids)).ids for p, r in zip(parts, rows.itertuples())]
     return encode_targets(tokenizer, list(rows["target_text"]), prompts)
-
-
-#: Config sections whose change alters each stage's results (and every later stage's).
-STAGE_SECTIONS = {
-    "preprocess": ("model", "data"),
-    "explain": ("model", "data", "generation", "explain"),
-    "adapt": ("model", "data", "generation", "explain", "adapt"),
-    "compare": ("model", "data", "generation", "explain", "adapt", "compare"),
-}
-#: Artifacts each stage writes (compare's figures and report are listed by the compare module).
-STAGE_ARTIFACTS = {
-    "preprocess": ["01_dataset.parquet"],
-    "explain": ["02_generations.parquet", "02_baseline.parquet", "02_baseline.pkl", "02_baseline_rerun.parquet",
-                "02_baseline_rerun.pkl"],
-    "adapt": ["03_generations.parquet", "03_finetune.json"] + [f"03_{c}.{ext}" for c in ("zero_shot", "few_shot", "finetuned")
-                                                               for ext in ("parquet", "pkl")],
-    "compare": ["04_overlap.parquet", "04_overlap_curves.parquet", "04_summary.csv", "04_changes.parquet",
-                "04_verdicts.parquet", "04_verdicts.csv", "report.html"],
-}
-
-
-def stage_fingerprint(cfg: RunConfig, stage: str) -> str:
-    return cfg.fingerprint(*STAGE_SECTIONS[stage])
-
-
-def stage_record(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """What the manifest keeps of a stage's settings: the fingerprint and the sections it hashes."""
-    data = cfg.to_dict()
-    return {"fingerprint": stage_fingerprint(cfg, stage), "settings": {s: data[s] for s in STAGE_SECTIONS[stage]}}
-
-
-def changed_settings(before: dict[str, Any], cfg: RunConfig, stage: str) -> list[str]:
-    """The ``section.key`` names whose value differs between a stage's recorded settings and ``cfg``."""
-    now = cfg.to_dict()
-    out = []
-    for section in STAGE_SECTIONS[stage]:
-        old, new = before.get(section, {}), now[section]
-        if not isinstance(old, dict) or not isinstance(new, dict):
-            if old != new:
-                out.append(section)
-            continue
-        out += [f"{section}.{k}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return out
-
-
-def stage_status(store: RunStore, cfg: RunConfig, stage: str) -> tuple[bool, str]:
-    """``(reusable, why)``: whether ``stage`` finished under the same config with its artifacts intact."""
-    info = store.manifest().get("stages", {}).get(stage)
-    if not info:
-        kept = sum(len(list(store.path(f".partial/{stem}").glob("example-*.npz"))) for stem in _stage_stems([stage]))
-        return False, (f"it was interrupted last time ({kept} finished example(s) kept)" if kept
-                       else "not run yet in this folder")
-    if info.get("fingerprint") != stage_fingerprint(cfg, stage):
-        changed = changed_settings(info.get("settings") or {}, cfg, stage) if info.get("settings") else []
-        return False, ("its settings changed: " + ", ".join(changed)) if changed else "its settings changed"
-    if not info.get("complete"):
-        return False, "it did not finish last time (the examples it had finished are kept)"
-    recorded = store.manifest().get("artifacts", {})
-    try:  # its own artifacts and its inputs (the earlier stages' artifacts)
-        for name in [n for st in STAGES[: STAGES.index(stage) + 1] for n in STAGE_ARTIFACTS[st]]:
-            if name in recorded:
-                store.verify(name)
-    except ArtifactError as exc:
-        return False, exc.problem
-    return True, "finished under the same settings, artifacts intact"
-
-
-def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
-    """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
-    return stage_status(store, cfg, stage)[0]
-
-
-def invalidate_from(store: RunStore, stage: str, *, because: str | None = None, partial: bool = False) -> list[str]:
-    """Delete the artifacts of ``stage`` and every later stage: a fresh stage never mixes with stale results.
-
-    Returns the names removed (logged with ``because`` when any). ``partial``: also the unfinished
-    examples of those stages (``.partial/``).
-    """
-    import shutil
-
-    later = STAGES[STAGES.index(stage):]
-    man = store.manifest()
-    removed = []
-    for st in later:
-        for name in STAGE_ARTIFACTS[st]:
-            if store.path(name).exists():
-                removed.append(name)
-            store.path(name).unlink(missing_ok=True)
-            man.get("artifacts", {}).pop(name, None)
-        man.get("stages", {}).pop(st, None)
-    lens_files = {"explain": "02_*__*.*", "adapt": "03_*__*.*", "compare": "04_lenses*"}  # explain.methods' lenses
-    for path in [p for st in later if st in lens_files for p in sorted(store.dir.glob(lens_files[st]))]:
-        removed.append(path.name)
-        path.unlink(missing_ok=True)
-        man.get("artifacts", {}).pop(path.name, None)
-    folders = [d for d, st in (("figures", "compare"), ("adapters", "adapt")) if st in later]
-    if partial:
-        folders += [f".partial/{stem}" for stem in _stage_stems(later)]
-    for folder in folders:
-        if store.path(folder).exists():
-            removed.append(folder + "/")
-            shutil.rmtree(store.path(folder), ignore_errors=True)
-        for name in [n for n in man.get("artifacts", {}) if n.startswith(folder + "/")]:
-            man["artifacts"].pop(name)
-    if store.path("manifest.json").exists():
-        write_json(man, store.path("manifest.json"))
-    if removed and because:
-        log.info("%s, so the results made from the old ones are removed: %s", because, ", ".join(removed))
-    return removed
-
-
-def _stage_stems(stages: Sequence[str]) -> list[str]:
-    stems = {"explain": ["02_baseline", "02_baseline_rerun"],
-             "adapt": [f"03_{c}" for c in ("zero_shot", "few_shot", "finetuned")]}
-    return [stem for st in stages for stem in stems.get(st, [])]
-
-
-def _clear_partial(store: RunStore, stage: str) -> None:
-    """Drop a finished stage's per-example checkpoints (kept until the whole stage is done)."""
-    import shutil
-
-    for stem in _stage_stems([stage]):
-        shutil.rmtree(store.path(f".partial/{stem}"), ignore_errors=True)
 
 
 def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -245,7 +101,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     """
     ex = cfg.explain
     method = method or ex.method
-    fingerprint = f"{stage_fingerprint(cfg, 'adapt' if stem.startswith('03_') else 'explain')}-{stem}-{seed}"
+    fingerprint = f"{stage_fingerprint(cfg, stages.stage_of(stem).name)}-{stem}-{seed}"
     checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
     done = checkpoint.start(resume)
     done = {i: v for i, v in done.items() if i in set(rows["example_id"].astype(int))}
@@ -289,7 +145,7 @@ def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, par
                            cfg.explain.seed, resume, method=lens)
 
 
-def generations_table(model, tokenizer, rows: pd.DataFrame, parts: list[PromptParts], condition: str,
+def generate_and_score(model, tokenizer, rows: pd.DataFrame, parts: list[PromptParts], condition: str,
                       cfg: RunConfig, explained: list[list[int]] | None = None) -> pd.DataFrame:
     """Each example's own greedy generation, its label match, and the log-prob of the explained target."""
     prompts = [encode_prompt(p, tokenizer, input_ids=list(r.input_ids)) for p, r in zip(parts, rows.itertuples())]
@@ -328,7 +184,7 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     """
     store = open_store(cfg)
     rows = explain_rows(store)
-    parts = base_parts(rows)
+    parts = conditions.base_parts(rows)
     if not resume:
         invalidate_from(store, "explain", because="explain starts afresh", partial=True)
     invalidate_from(store, "adapt", because="explain is redone")
@@ -340,32 +196,33 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
                 raise DataError("explain.target is 'reference' but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
         # explained_logprob is the log-prob of the text explained (the reference when there is one)
-        gens = generations_table(model, tokenizer, rows, parts, "baseline", cfg, explained=reference)
+        gens = generate_and_score(model, tokenizer, rows, parts, "baseline", cfg, explained=reference)
         targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
-        exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline",
+        base = conditions.get(BASELINE)
+        exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name,
                                          cfg.explain.seed, resume)
-        _explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, "02_baseline", "baseline", resume)
+        _explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name, resume)
         if cfg.explain.noise_floor:
             _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume)
         matches = gens["label_match"].dropna()
         info.update(n_examples=len(rows), accuracy=float(matches.mean()) if len(matches) else None,
                     evals=int(sum(st["n_evals"] for st in stats)), complete=True)
-    _clear_partial(store, "explain")
+    stages.clear_partial(store, "explain")
     return exps
 
 
 def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume) -> None:
+    floor = conditions.get(NOISE_FLOOR)
     again = [i for i, st in enumerate(stats) if not REGISTRY[st["method"]].deterministic]
     rerun = list(exps)
     if again:
         sub = rows.iloc[again].reset_index(drop=True)
         new, _ = _explain_condition(cfg, store, model, tokenizer, sub, [parts[i] for i in again],
-                                    [targets[i] for i in again], "02_baseline_rerun", "baseline_rerun",
-                                    cfg.explain.seed + 1, resume)
+                                    [targets[i] for i in again], floor.stem, floor.name, cfg.explain.seed + 1, resume)
         for i, e in zip(again, new):
             rerun[i] = e
-    save_explanations(store, "02_baseline_rerun", rerun, rows["example_id"].tolist(), "baseline_rerun",
+    save_explanations(store, floor.stem, rerun, rows["example_id"].tolist(), floor.name,
                       {"seed": cfg.explain.seed + 1, "re_explained": len(again),
                        "copied_deterministic": len(rows) - len(again)})
 
@@ -373,7 +230,7 @@ def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats
 # -- stage 3 ----------------------------------------------------------------------------------------
 def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                 resume: bool = False) -> dict[str, list[Any]]:
-    """Stage 3: zero-shot, few-shot and fine-tuned conditions, each explained like the baseline."""
+    """Stage 3: each condition of ``adapt.conditions`` (:mod:`shapshift.conditions`), explained like the baseline."""
     store = open_store(cfg)
     data = store.read_parquet(DATASET)
     rows = data[data["split"] == "explain"].reset_index(drop=True)
@@ -385,25 +242,25 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     results, tables = {}, []
     with store.timed("adapt", **stage_record(cfg, "adapt")) as stage_info:
         for condition in cfg.adapt.conditions:
+            cond = conditions.get(condition, cfg)
             with store.timed(f"adapt:{condition}") as info:
-                cond_model, parts = _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume)
-                own = generations_table(cond_model, tokenizer, rows, parts, condition, cfg)
+                cond_model, parts = cond.setup(conditions.Setup(cfg, store, model, tokenizer, data, rows, info, resume))
+                own = generate_and_score(cond_model, tokenizer, rows, parts, condition, cfg)
                 targets = _condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
                 gens = own if cfg.explain.target == "own" else \
-                    generations_table(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
+                    generate_and_score(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
                 gens[["generated_text", "generated_ids", "generated_tokens", "label_match"]] = \
                     own[["generated_text", "generated_ids", "generated_tokens", "label_match"]]
                 tables.append(gens)
                 results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
-                                                           f"03_{condition}", condition, cfg.explain.seed, resume)
-                _explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, f"03_{condition}", condition,
-                                resume)
+                                                           cond.stem, condition, cfg.explain.seed, resume)
+                _explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, cond.stem, condition, resume)
                 matches = own["label_match"].dropna()
                 info["accuracy"] = float(matches.mean()) if len(matches) else None
         if tables:
             store.write_parquet(pd.concat(tables, ignore_index=True), "03_generations.parquet")
         stage_info["complete"] = True
-    _clear_partial(store, "adapt")
+    stages.clear_partial(store, "adapt")
     return results
 
 
@@ -413,49 +270,6 @@ def _condition_targets(cfg, tokenizer, rows, parts, own, base_targets) -> list[l
     if cfg.explain.target == "reference":
         return reference_targets(tokenizer, rows, parts)
     return [base_targets[int(i)] for i in rows["example_id"]]
-
-
-def _condition_setup(cfg, store, condition, model, tokenizer, data, rows, info, resume):
-    if condition == "zero_shot":
-        return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction)
-    if condition == "few_shot":
-        from .fewshot import shared_demonstrations
-
-        demos = shared_demonstrations(data, cfg.adapt.k_shot, cfg.data.seed, balance=bool(cfg.data.label_column))
-        info["demonstrations"] = [asdict(d) for d in demos]
-        return model, condition_parts(cfg, rows, tokenizer, instruction=cfg.adapt.instruction, demonstrations=demos)
-    if condition == "finetuned":
-        train = data[data["split"] == "train"].reset_index(drop=True)
-        return _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume), base_parts(rows)
-    raise ValueError(condition)
-
-
-def _finetuned_model(cfg, store, model, tokenizer, rows, train, info, resume):
-    """Fine-tune (or, resuming under the same config, reload the saved adapter) and measure the task metric."""
-    from .finetune import evaluate_task, finetune, load_finetuned
-
-    labels = sorted(set(train["target_text"].dropna())) if cfg.data.label_column else None
-    summary_file = store.path("03_finetune.json")
-    fingerprint = stage_fingerprint(cfg, "adapt")
-    if resume and summary_file.exists():
-        summary = json.loads(store.verify("03_finetune.json").read_text())
-        if summary.get("fingerprint") == fingerprint:
-            for name in [n for n in store.manifest().get("artifacts", {}) if n.startswith("adapters/")]:
-                store.verify(name)
-            info.update(task_metric_before=summary["before"], task_metric_after=summary["after"], reloaded=True)
-            return load_finetuned(model, store.path("adapters"), cfg.adapt.finetune)
-    before = evaluate_task(model, tokenizer, rows, labels=labels)
-    result = finetune(model, tokenizer, train, cfg.adapt.finetune, seed=cfg.data.seed, out_dir=store.path("adapters"))
-    store.record(*sorted(str(p.relative_to(store.dir)) for p in store.path("adapters").rglob("*") if p.is_file()))
-    after = evaluate_task(result.model, tokenizer, rows, labels=labels)
-    summary = {"before": before, "after": after, "losses": result.losses, "steps": result.steps,
-               "seconds": result.seconds, "method": cfg.adapt.finetune.method, "fingerprint": fingerprint,
-               "evaluated_on": "the explain split (held out from training)"}
-    write_json(summary, summary_file)
-    store.record("03_finetune.json")
-    info.update(task_metric_before=before, task_metric_after=after, steps=result.steps)
-    log.info("fine-tuning: task metric before %s, after %s", before, after)
-    return result.model
 
 
 # -- stage 4 ----------------------------------------------------------------------------------------
@@ -475,8 +289,8 @@ def check_complete(store: RunStore, cfg: RunConfig) -> None:
         ok, why = stage_status(store, cfg, "adapt")
         if not ok:
             problems.append(f"stage adapt: {why}")
-            absent = [c for c in cfg.adapt.conditions
-                      if f"03_{c}.parquet" not in recorded or not store.path(f"03_{c}.parquet").exists()]
+            files = {c: f"{conditions.get(c, cfg).stem}.parquet" for c in cfg.adapt.conditions}
+            absent = [c for c, f in files.items() if f not in recorded or not store.path(f).exists()]
             missing += absent or list(cfg.adapt.conditions)
     if problems:
         raise ArtifactError(
@@ -505,46 +319,57 @@ def compare_stage(cfg: RunConfig) -> pd.DataFrame:
 
 
 # -- all ----------------------------------------------------------------------------------------------
-def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True) -> RunStore:
-    """Run the named stages in order, loading the model once, and reusing what is still valid.
+ModelLoader = Callable[[RunConfig], tuple[Any, Any]]
 
-    By default a stage that finished under the same settings (its artifacts intact) is reused, an
-    unfinished one keeps the examples it had explained, and a stage whose settings changed is redone;
-    each decision is logged with its reason, and redoing a stage removes (and lists) the later stages'
-    results made from its old output. ``fresh``: remove the named stages' results (and every later
-    stage's, unfinished examples included) and start over. ``resume=False`` is the old spelling of
-    ``fresh=True``.
+
+def load_run_model(cfg: RunConfig) -> tuple[Any, Any]:
+    """The config's model and tokenizer (``model`` section), loaded afresh."""
+    m = cfg.model
+    return load_model(m.spec, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                      tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
+                      concurrency=m.concurrency)
+
+
+def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True,
+        loader: ModelLoader | None = None) -> RunStore:
+    """Run the named stages in order, loading the model once (when a stage needs it), reusing what is still valid.
+
+    The one stage runner: the CLI verbs and the notebooks call it. By default a stage that finished
+    under the same settings (its artifacts intact) is reused, an unfinished one keeps the examples it
+    had explained, and a stage whose settings changed is redone; each decision is logged with its
+    reason, and redoing a stage removes (and lists) the later stages' results made from its old
+    output. A stage whose inputs (an earlier stage's artifacts) are missing stops with an error that
+    says which stage to run first. ``fresh``: remove the named stages' results (and every later
+    stage's, unfinished examples included) and start over; ``resume=False`` is its old spelling.
+    ``loader``: ``cfg -> (model, tokenizer)`` (default :func:`load_run_model`; the notebooks pass one
+    that keeps the model between cells).
     """
     fresh = fresh or not resume
+    todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)
-    for s in stages:
-        if s not in STAGES:
-            raise ValueError(f"unknown stage {s!r}")
-    if fresh and store.dir.exists():
-        first = min(stages, key=STAGES.index)
+    if fresh and store.dir.exists() and todo:
+        first = min(todo, key=stages.TABLE.index).name
         invalidate_from(store, first, because=f"--fresh: starting over from stage {first}", partial=True)
     model = tokenizer = None
     redone = False
-    for stage in stages:
-        ok, why = stage_status(store, cfg, stage)
+    for stage in sorted(todo, key=stages.TABLE.index):
+        ok, why = stage_status(store, cfg, stage.name)
         if ok and not redone:
-            log.info("stage %s: reused (%s)", stage, why)
+            log.info("stage %s: reused (%s)", stage.name, why)
             continue
-        log.info("stage %s: running (%s)", stage, "an earlier stage was redone" if ok else why)
+        if not redone:
+            stages.require_inputs(cfg, stage.name)
+        log.info("stage %s: running (%s)", stage.name, "an earlier stage was redone" if ok else why)
         redone = True
-        if stage != "compare" and model is None:
-            m = cfg.model
-            model, tokenizer = load_model(m.spec, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
-                                          tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
-                                          concurrency=m.concurrency)
-        if stage == "preprocess":
-            preprocess_stage(cfg, tokenizer)
-        elif stage == "explain":
-            explain_stage(cfg, model, tokenizer, resume=True)
-        elif stage == "adapt":
-            adapt_stage(cfg, model, tokenizer, resume=True)
+        start = time.perf_counter()
+        function = globals()[stage.function]
+        if not stage.needs_model:
+            function(cfg)
         else:
-            compare_stage(cfg)
+            if model is None:
+                model, tokenizer = (loader or load_run_model)(cfg)
+            function(cfg, model, tokenizer, resume=True)
+        log.info("stage %s: finished in %.0f s; results in %s", stage.name, time.perf_counter() - start, cfg.run_dir)
         if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
             store.update_manifest(remote_usage=model.usage_dict())
     return store
@@ -552,5 +377,4 @@ def run(cfg: RunConfig, stages: Sequence[str] = STAGES, *, fresh: bool = False, 
 
 def load_condition(run_dir, condition: str, *, trust_pickle: bool = False):
     """The stored explanations of ``condition`` (``baseline``, ``zero_shot`` …): ``(example_ids, explanations)``."""
-    stem = {"baseline": "02_baseline", "baseline_rerun": "02_baseline_rerun"}.get(condition, f"03_{condition}")
-    return load_explanations(RunStore(run_dir), stem, trust_pickle=trust_pickle)
+    return load_explanations(RunStore(run_dir), conditions.stem(condition), trust_pickle=trust_pickle)

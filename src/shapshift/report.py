@@ -23,7 +23,6 @@ import html
 import io
 import json
 import logging
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import conditions as conds_registry  # noqa: E402
 from . import overlap as ov  # noqa: E402
+from . import textplot  # noqa: E402
 from .compare import (  # noqa: E402
-    BASELINE,
-    CONDITION_STEMS,
     CURVES_FILE,
-    NOISE_FLOOR,
     OVERLAP_FILE,
     STAGE,
     SUMMARY_FILE,
@@ -48,6 +46,7 @@ from .compare import (  # noqa: E402
     available_conditions,
     load_condition,
 )
+from .conditions import BASELINE, NOISE_FLOOR  # noqa: E402
 from .config import SCORE_UNITS, CompareConfig  # noqa: E402
 from .errors import ArtifactError  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
@@ -57,19 +56,11 @@ log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.html"
-#: A colour per condition, the same in every figure.
-COLORS = {"zero_shot": "#1f77b4", "few_shot": "#ff7f0e", "finetuned": "#2ca02c", BASELINE: "#7f7f7f",
-          NOISE_FLOOR: "#000000"}
-LABELS = {BASELINE: "baseline", NOISE_FLOOR: "noise floor (baseline rerun)", "zero_shot": "zero-shot",
-          "few_shot": "few-shot", "finetuned": "fine-tuned"}
 METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank agreement",
                  "sign_agreement": "sign agreement", "signed_rank_agreement": "signed rank agreement",
                  "jaccard": "Jaccard of top-k", "spearman": "Spearman ρ of |value|", "kendall": "Kendall τ of |value|",
                  "pairwise_rank_agreement": "pairwise rank agreement", "cosine": "cosine similarity",
                  "rbo": "rank-biased overlap"}
-_NP_REPR = re.compile(r"np\.(?:float|int|uint)\d*\(([^()]*)\)")
-#: A CSS colour as shap writes it: ``rgba(r, g, b, a)`` with plain numbers.
-RGBA = re.compile(r"rgba\(\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.]+\s*,\s*[0-9.eE+-]+\s*\)")
 
 
 def score_unit(store: RunStore) -> str:
@@ -79,7 +70,12 @@ def score_unit(store: RunStore) -> str:
 
 
 def _label(condition: str) -> str:
-    return LABELS.get(condition, condition)
+    return conds_registry.label(condition)
+
+
+def _ordered(names) -> list[str]:
+    """Conditions in registry order (:func:`shapshift.conditions.order_key`)."""
+    return sorted(set(names), key=conds_registry.order_key)
 
 
 def _pair_label(a: str, b: str) -> str:
@@ -109,8 +105,7 @@ def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
 def _vs_baseline(df: pd.DataFrame) -> list[str]:
     """The conditions compared with the baseline in ``df``, noise floor last."""
     cs = df.loc[df["condition_a"] == BASELINE, "condition_b"].unique().tolist()
-    order = list(CONDITION_STEMS)
-    return sorted(cs, key=lambda c: order.index(c) if c in order else len(order))
+    return _ordered(cs)
 
 
 # -- overlap@k curves -----------------------------------------------------------------------------
@@ -137,7 +132,7 @@ def plot_overlap_curves(curves: pd.DataFrame, store: RunStore, *, n_bootstrap: i
     kmax = int(base.groupby("example_id")["n_features"].first().min()) if len(base) else 0
     for cond in _vs_baseline(base):
         g = base[base["condition_b"] == cond]
-        color, floor = COLORS.get(cond, None), cond == NOISE_FLOOR
+        color, floor = conds_registry.color(cond), cond == NOISE_FLOOR
         style = {"color": color, "ls": "--" if floor else "-", "lw": 1.8, "label": _label(cond)}
         if kmax:
             m, lo, hi = bootstrap_curve_ci(_curve_matrix(g, kmax), n_bootstrap=n_bootstrap, seed=seed)
@@ -177,7 +172,7 @@ def plot_overlap_curves(curves: pd.DataFrame, store: RunStore, *, n_bootstrap: i
 def plot_heatmap(summary: pd.DataFrame, store: RunStore, *, metric: str = "feature_agreement") -> Path:
     """``overlap_heatmap.png``: condition × condition mean ``metric`` (aggregate scope), one panel per k."""
     s = summary[(summary["scope"] == "aggregate") & (summary["metric"] == metric)]
-    conds = [c for c in CONDITION_STEMS if c != NOISE_FLOOR and (c in set(s["condition_a"]) | set(s["condition_b"]))]
+    conds = [c for c in _ordered(set(s["condition_a"]) | set(s["condition_b"])) if c != NOISE_FLOOR]
     conds = conds or [BASELINE]
     specs = list(dict.fromkeys(s["k_spec"])) or ["all"]
     fig, axes = plt.subplots(1, len(specs), figsize=(2.9 * len(specs) + 2.4, 3.6), squeeze=False)
@@ -228,7 +223,7 @@ def plot_per_example(overlap: pd.DataFrame, store: RunStore, *, seed: int = 0) -
             ax.boxplot([d if len(d) else [np.nan] for d in data], widths=0.5, showfliers=False,
                        medianprops={"color": "black"})
         for i, (c, d) in enumerate(zip(conds, data, strict=True)):
-            ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(d)), d, s=14, alpha=0.7, color=COLORS.get(c), zorder=3)
+            ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(d)), d, s=14, alpha=0.7, color=conds_registry.color(c), zorder=3)
         ax.set_xticks(range(1, len(conds) + 1), [_label(c).replace(" (", "\n(") for c in conds], rotation=30,
                       ha="right", fontsize=8)
         title = METRIC_LABELS.get(metric, metric) + (f" @ k = {spec}" if spec != "all" else "")
@@ -255,7 +250,7 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     ``explanations``: ``{condition: shap.Explanation}`` of one example. Inputs longer than
     ``max_tokens`` show the ``max_tokens`` tokens of largest |value| under any condition, in text order.
     """
-    conds = [c for c in CONDITION_STEMS if c in explanations and c != NOISE_FLOOR]
+    conds = [c for c in _ordered(explanations) if c != NOISE_FLOOR]
     vals = {c: ov.aggregate(explanations[c], how) for c in conds}
     data = getattr(explanations[conds[0]], "data", None)
     tokens = [str(t) for t in (range(len(vals[conds[0]])) if data is None else data)]
@@ -270,7 +265,7 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     errs = {c: aggregate_error(explanations[c], how) for c in conds}
     for i, c in enumerate(conds):
         err = None if errs[c] is None else errs[c][keep]
-        ax.barh(y + (i - (len(conds) - 1) / 2) * height, vals[c][keep], height=height, color=COLORS.get(c),
+        ax.barh(y + (i - (len(conds) - 1) / 2) * height, vals[c][keep], height=height, color=conds_registry.color(c),
                 label=_label(c), xerr=err, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "#333333"})
     ax.set_yticks(y, [_token_label(tokens[p], int(p)) for p in keep], fontsize=8)
     ax.invert_yaxis()
@@ -312,15 +307,21 @@ def aggregate_error(explanation: Any, how: str = "sum") -> np.ndarray | None:
 # -- behaviour ------------------------------------------------------------------------------------
 def plot_finetune_loss(record: dict[str, Any], store: RunStore) -> Path:
     """``finetune_loss.png``: the training loss per step (cross-entropy on the target tokens, nats)."""
+    return save_figure(finetune_loss_figure(record), store, "finetune_loss.png")
+
+
+def finetune_loss_figure(record: dict[str, Any]) -> plt.Figure:
+    """The training loss per step of a fine-tuning record (``03_finetune.json``): the report's figure and
+    the notebook's."""
     losses = np.asarray(record.get("losses") or [], dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if losses.size:
         ax.plot(np.arange(1, losses.size + 1), losses, marker="o" if losses.size <= 40 else None, ms=3,
-                color=COLORS["finetuned"])
+                color=conds_registry.color("finetuned"))
     ax.set(xlabel="optimizer step", ylabel="training loss (nats per target token)",
            title=f"Fine-tuning ({record.get('method', '?')}, {record.get('steps', losses.size)} steps)")
     ax.grid(alpha=0.3)
-    return save_figure(fig, store, "finetune_loss.png")
+    return fig
 
 
 def _metric_cell(x: Any) -> str:
@@ -384,92 +385,6 @@ def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list
     return "".join(parts), warnings
 
 
-# -- shap text plots ------------------------------------------------------------------------------
-#: The top axis of a shap text plot, and the labels written on it (tick values, base value, f(inputs)).
-_AXIS_SVG = '<svg width="100%" height="80px">'
-_AXIS_TEXT = re.compile(r'<text x="([0-9.eE+-]+)%" y="(10|27)"([^>]*)>(.*?)</text>', re.S)
-#: Closer than this (in % of the plot's width), the base value and f(inputs) labels would collide.
-LABEL_GAP = 30.0
-
-
-def separate_axis_labels(text: str) -> str:
-    """Keep the labels on a shap text plot's axis from overlapping.
-
-    shap writes every tick value and the base value / f(inputs) labels centred on their x; in a
-    narrow plot, or when base value and f(inputs) are close, they overlap. The plain tick values are
-    dropped (the ticks stay), and a close base value / f(inputs) pair is anchored away from each
-    other: the left one ends at its x, the right one starts there.
-    """
-    blocks = text.split(_AXIS_SVG)
-    return _AXIS_SVG.join([blocks[0], *(_separate(block) for block in blocks[1:])])
-
-
-def _separate(block: str) -> str:
-    found = list(_AXIS_TEXT.finditer(block))
-    base = next((m[1] for m in found if m[2] == "10" and m[4] == "base value"), None)
-    f = next((m[1] for m in found if m[2] == "10" and m[4] != "base value"), None)
-
-    def role(m: re.Match) -> str:
-        if m[2] == "10":
-            return "base" if m[4] == "base value" else "f"
-        if "bold" in m[3]:
-            return "f" if m[1] == f else "tick"
-        return "base" if m[1] == base and "stroke:#ffffff" in m[3] or (m[1] == base and m[1] != f) else "tick"
-
-    close = base is not None and f is not None and abs(float(base) - float(f)) < LABEL_GAP
-    left = "base" if close and float(base) <= float(f) else "f"
-
-    def relabel(m: re.Match) -> str:
-        r = role(m)
-        if r == "tick":
-            return ""
-        if not close:
-            return m[0]
-        return m[0].replace('text-anchor="middle"', f'text-anchor="{"end" if r == left else "start"}"')
-
-    return _AXIS_TEXT.sub(relabel, block)
-
-
-def fix_numpy_reprs(text: str) -> str:
-    """Replace numpy-2 scalar reprs (``np.float64(0.5)``) by plain numbers, as CSS needs."""
-    return _NP_REPR.sub(r"\1", text)
-
-
-def text_plot_html(explanation: Any, *, cmax: float | None = None, how: str | None = None) -> str:
-    """``shap.plots.text`` of one explanation as an HTML fragment with valid ``rgba(...)`` colours.
-
-    ``how=None``: the full explanation, one selectable plot per generated token (values
-    ``(n_in, n_out)``); ``how="sum"`` / ``"mean_abs"``: one plot of the values aggregated over the
-    generated tokens (:func:`shapshift.overlap.aggregate`; base value summed for ``"sum"``, 0 for
-    ``"mean_abs"``), about ``2 n_out`` times smaller. ``cmax``: the |value| drawn at full colour,
-    shared across conditions so that colours compare (None: each plot its own maximum).
-
-    Renders under ``numpy.printoptions(legacy="1.25")`` (shap ≤ 0.51 formats colours with ``str()``
-    of numpy scalars, which numpy 2 prints as ``np.float64(...)``, and browsers then drop the
-    colour) and strips any numpy repr left. Output token names are HTML-escaped (shap does not);
-    so is ``&`` in input tokens (shap escapes only ``<`` and ``>``).
-    """
-    import shap
-
-    values = ov.explanation_values(explanation)
-    tokens = getattr(explanation, "data", None)
-    tokens = range(values.shape[0]) if tokens is None else tokens
-    data = np.asarray([str(t).replace("&", "&amp;") for t in tokens], dtype=object)
-    base = getattr(explanation, "base_values", None)
-    base = np.zeros(values.shape[1]) if base is None else np.asarray(base, dtype=np.float64).reshape(-1)
-    if how is None:
-        outs = getattr(explanation, "output_names", None)
-        outs = [f"out {i}" for i in range(values.shape[1])] if outs is None else list(outs)
-        exp = shap.Explanation(values=values, base_values=base, data=data,
-                               output_names=[html.escape(str(o)) for o in outs])
-    else:
-        exp = shap.Explanation(values=ov.aggregate(values, how), data=data,
-                               base_values=float(base.sum()) if how == "sum" else 0.0)
-    with np.printoptions(legacy="1.25"):
-        out = shap.plots.text(exp, display=False, cmax=cmax)
-    return separate_axis_labels(fix_numpy_reprs(out))
-
-
 # -- all figures ----------------------------------------------------------------------------------
 def examples_to_plot(run_dir: str | Path, cfg: CompareConfig) -> list[tuple[int, dict[str, Any]]]:
     """The first ``cfg.n_plot_examples`` examples (by id) explained under every available condition.
@@ -519,49 +434,13 @@ def read_summary(store: RunStore) -> pd.DataFrame:
 
 
 # -- the HTML report ------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-table{border-collapse:collapse;font-size:13px;margin:.5em 0} th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}
-th{background:#f4f4f4} td.l,th.l{text-align:left} img{max-width:100%;border:1px solid #eee}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(360px,1fr));gap:12px}
-.cond{border:1px solid #ddd;border-radius:6px;padding:6px;overflow-x:auto} .cond h4{margin:.2em 0 .4em}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em;margin:.4em 0}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:12px} .muted{color:#777;font-size:13px}
-"""
+def _template():
+    """The report's jinja2 template (``templates/report.html.j2``), HTML-escaping every value not marked safe."""
+    import jinja2
 
-_HOW_TO_READ = """
-<p>Each explanation gives every <b>input token</b> of an example a SHAP value per <b>generated token</b>:
-how much that input token moves the model's score of the generated token (here its <b>{unit}</b>),
-relative to the fully masked input. The same features (the tokens of the example's own input) are
-explained under every condition, so the explanations can be compared feature by feature.</p>
-<ul>
-<li><b>Top-k overlap</b> (feature agreement, Krishna et al. 2022): the share of the k most important
-input tokens (largest |value|) that two explanations have in common. 1 = the same top-k tokens; two
-random rankings share k/n on average (the dotted "chance" line). <code>k = 20%</code> uses the top
-⌈0.2·n⌉ tokens of each input.</li>
-<li><b>Rank / sign / signed rank agreement</b>: the same tokens also at the same rank, with the same
-sign, or both. <b>Spearman ρ, Kendall τ</b>: rank correlation of |value| over all tokens.
-<b>RBO</b>: rank-biased overlap (p = {rbo_p:g}), a top-weighted similarity of the whole rankings.
-<b>Cosine</b>: similarity of the signed value vectors.</li>
-<li><b>Aggregate</b> rows compare one value per input token (summed or mean-|value| over the generated
-tokens); <b>token</b> rows compare each generated token separately and average per example.</li>
-<li><b>Noise floor</b>: the baseline explained twice with <i>independent</i> seeds: how far two
-explanations of the same model disagree through estimator noise alone. The conditions are explained
-with the baseline's own seed (the same coalitions: common random numbers), so a condition that did not
-change the model agrees with the baseline <i>above</i> the floor, and an overlap at the floor already
-means a change. <code>wilcoxon_p</code> is the paired (over examples) two-sided Wilcoxon signed-rank test of the
-condition's overlap against the floor's; <code>p (Holm)</code> adjusts it over the conditions tested.</li>
-<li><b>Changed beyond noise</b> (the answer at the top): per example and input token, the change of its
-value between the baseline and the condition is tested against both values' standard errors (a z-test
-that treats them as independent, conservative under common random numbers; Benjamini-Hochberg over
-the example's tokens at FDR {fdr:g}), and counts only when it is also at least {min_change:g} × the example's
-largest |value|. The baseline rerun gets the same test: its count is the test's false alarms.
-<b>Corrected ρ</b> divides the observed Spearman ρ by the square root of both explanations'
-reliabilities (the expected ρ of two independent runs, from their standard errors; Spearman 1904).</li>
-<li>Intervals are 95% percentile bootstrap intervals over examples; with few examples they are wide.</li>
-</ul>
-"""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("shapshift", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -626,25 +505,14 @@ def headline(summary: pd.DataFrame) -> pd.DataFrame:
     return s[s["metric"].isin(["feature_agreement", "rbo", "spearman"])]
 
 
-#: Above this many (input token × generated token) cells an example's text plots show the values
-#: aggregated over the generated tokens: shap's per-token plot costs about 9 kB of HTML per cell.
-TEXT_PLOT_MAX_CELLS = 160
-
-
 def _examples_html(examples: list[tuple[int, dict[str, Any]]], figures: dict[str, Path], how: str,
                    unit: str = "log-odds") -> str:
     parts = []
     for ex_id, exps in examples:
-        conds = [c for c in CONDITION_STEMS if c in exps]
-        values = {c: ov.explanation_values(exps[c]) for c in conds}
-        full = max(v.size for v in values.values()) <= TEXT_PLOT_MAX_CELLS
-        scale = [np.abs(v) if full else np.abs(ov.aggregate(v, how)) for v in values.values()]
-        cmax = max(float(np.max(v)) if v.size else 0.0 for v in scale) or None
-        cells = "".join(f"<div class=cond><h4>{html.escape(_label(c))}</h4>"
-                        f"{text_plot_html(exps[c], cmax=cmax, how=None if full else how)}</div>" for c in conds)
+        cells, cmax, full = textplot.conditions_html(exps, how=how)
         what = (f"hover or click a generated token (top) to see the attribution of its {unit}"
                 if full else f"values aggregated over the generated tokens ({how}); the input is too long for "
-                             f"per-token plots (more than {TEXT_PLOT_MAX_CELLS} token pairs)")
+                             f"per-token plots (more than {textplot.MAX_CELLS} token pairs)")
         fig = figures.get(f"example_{ex_id}_tokens")
         parts.append(f"<h3>Example {ex_id}</h3>"
                      f"<p class=muted>SHAP text plots: {what}. One colour scale per example (|value| = "
@@ -668,40 +536,22 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
 
     lens_section = report_section(run_dir)
     man = store.manifest()
-    unit = score_unit(store)
     behaviour, warnings = behaviour_html(store, figures)
-    notes = warnings + man.get("stages", {}).get(STAGE, {}).get("notes", [])
     config = man.get("config") or {"compare": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
     versions = man.get("versions") or man.get("packages") or {}
-    artifacts = man.get("artifacts", {})
-    name = html.escape(store.dir.resolve().name)
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>shapshift report: {name}</title>
-<style>{_CSS}</style></head><body>
-<h1>shapshift report: {name}</h1>
-<p class=muted>Generated {datetime.now(timezone.utc).isoformat(timespec="seconds")} from <code>{html.escape(str(store.dir))}</code>.
-Aggregation over generated tokens: <b>{html.escape(cfg.aggregate)}</b>; bootstrap resamples: {cfg.n_bootstrap}.</p>
-{"".join(f'<div class=note>{html.escape(n)}</div>' for n in notes)}
-{verdicts_html(store)}
-<h2>What the model did</h2>{behaviour}
-<h2>How to read this</h2>{_HOW_TO_READ.replace("{rbo_p:g}", f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}")
-                          .replace("{fdr:g}", f"{cfg.fdr:g}").replace("{min_change:g}", f"{cfg.min_change:g}")
-                          .replace("{unit}", unit)}
-<h2>Headline: agreement with the baseline</h2>
-{summary_table_html(headline(summary))}
-<h2>Overlap@k</h2>{_img(figures["overlap_at_k"], "overlap at k")}
-<h2>Conditions against each other</h2>{_img(figures["overlap_heatmap"], "overlap heatmap")}
-<h2>Per-example distributions</h2>{_img(figures["per_example"], "per-example distributions")}
-{lens_section}
-<h2>Examples</h2>{_examples_html(examples, figures, cfg.aggregate, unit)}
-<h2>All metrics</h2>
-<details><summary>Every condition pair × scope × metric × k ({len(summary)} rows; also in <code>{SUMMARY_FILE}</code>)</summary>
-{summary_table_html(summary)}</details>
-<h2>Run configuration</h2>
-<details open><summary>From <code>manifest.json</code></summary><pre>{html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>
-<details><summary>Package versions and artifact hashes</summary><pre>{html.escape(json.dumps({"versions": versions, "artifacts": artifacts}, indent=2, sort_keys=True, default=str))}</pre></details>
-</body></html>
-"""
+    doc = _template().render(
+        name=store.dir.resolve().name, run_dir=str(store.dir), aggregate=cfg.aggregate, n_bootstrap=cfg.n_bootstrap,
+        generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
+        verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store),
+        rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",
+        headline=summary_table_html(headline(summary)), lens_section=lens_section,
+        figures={k: _img(figures[k], k.replace("_", " ")) for k in ("overlap_at_k", "overlap_heatmap", "per_example")},
+        examples=_examples_html(examples, figures, cfg.aggregate, score_unit(store)),
+        n_summary_rows=len(summary), summary_file=SUMMARY_FILE, all_metrics=summary_table_html(summary),
+        config_json=json.dumps(config, indent=2, sort_keys=True, default=str),
+        versions_json=json.dumps({"versions": versions, "artifacts": man.get("artifacts", {})}, indent=2,
+                                 sort_keys=True, default=str))
     path = atomic_write_bytes(store.path(REPORT_FILE), doc.encode("utf-8"))
     store.record(REPORT_FILE)
     log.info("wrote %s", path)
