@@ -84,7 +84,7 @@ def _explain_text(args: argparse.Namespace) -> int:
                     context=args.context, method=args.method, score=args.score, masking=args.masking,
                     max_evals=args.max_evals, seed=args.seed, max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
-        from .report import text_plot_html
+        from .textplot import text_plot_html
 
         atomic_write_bytes(out, text_plot_html(exp).encode())
     else:

@@ -8,7 +8,6 @@ table, an IPython object or ``{title: object}`` for :func:`show`. Text plots com
 from __future__ import annotations
 
 import html
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -246,16 +245,11 @@ def finetune_tables(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def loss_figure(record: Mapping[str, Any]) -> Any:
     """The report's loss figure (:func:`shapshift.report.finetune_loss_figure`) as an IPython PNG image."""
-    import matplotlib.pyplot as plt
     from IPython.display import Image
 
-    from .report import finetune_loss_figure
+    from .report import figure_png, finetune_loss_figure
 
-    fig = finetune_loss_figure(dict(record))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return Image(data=buf.getvalue(), format="png")
+    return Image(data=figure_png(finetune_loss_figure(dict(record))), format="png")
 
 
 # -- stage 4 -------------------------------------------------------------------------------------------

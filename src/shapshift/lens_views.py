@@ -185,7 +185,7 @@ def lens_text_plots_html(run_dir: str | Path, condition: str = BASELINE, n_examp
 
     Each plot has its own colour scale: the lenses' values are in the score's units but not Shapley values.
     """
-    from .report import text_plot_html
+    from .textplot import text_plot_html
 
     store = RunStore(run_dir)
     shap_exps = load_lens(store, condition)
@@ -214,15 +214,11 @@ def show_lens_views(run_dir: str | Path, conditions: tuple[str, ...] = (BASELINE
         display(HTML(lens_text_plots_html(run_dir, c, n_examples)))
         fig = attention_heatmap(run_dir, c)
         if fig is not None:  # as PNG: the report module switches matplotlib to Agg, which has no inline display
-            import io
-
-            import matplotlib.pyplot as plt
             from IPython.display import Image
 
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            display(Image(data=buf.getvalue(), format="png"))
+            from .report import figure_png
+
+            display(Image(data=figure_png(fig), format="png"))
 
 
 def show_lens_comparison(run_dir: str | Path) -> None:

@@ -14,6 +14,8 @@ Figures, written to ``<run>/figures/`` and recorded in the manifest:
 The report embeds these as base64 PNG, inlines ``shap.plots.text`` of every condition for the same
 examples (interactive, one shared colour scale per example), the run's configuration from
 ``manifest.json``, and the summary table with CIs and p-values. It loads no external resource.
+
+Over 400 lines on purpose: the figures of one report share their data loading, colours and labels.
 """
 
 from __future__ import annotations
@@ -83,12 +85,9 @@ def _pair_label(a: str, b: str) -> str:
 
 
 # -- figure files ---------------------------------------------------------------------------------
-def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
-    """Write ``fig`` as PNG to ``<run>/figures/<name>`` atomically, record it, close it.
-
-    The PNG's ``Description`` text chunk holds the figure's titles and axis labels (readable without
-    rendering, e.g. ``PIL.Image.open(path).text``).
-    """
+def figure_png(fig: plt.Figure, name: str = "") -> bytes:
+    """``fig`` as PNG bytes (the figure is closed); its ``Description`` text chunk holds the titles and axis
+    labels (readable without rendering, e.g. ``PIL.Image.open(path).text``)."""
     buf = io.BytesIO()
     texts = [fig.get_suptitle()]
     for ax in fig.axes:
@@ -96,8 +95,17 @@ def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight",
                 metadata={"Title": name, "Description": " | ".join(t for t in texts if t)})
     plt.close(fig)
+    return buf.getvalue()
+
+
+def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
+    """Write ``fig`` as PNG to ``<run>/figures/<name>`` atomically, record it, close it.
+
+    The PNG's ``Description`` text chunk holds the figure's titles and axis labels (readable without
+    rendering, e.g. ``PIL.Image.open(path).text``).
+    """
     rel = f"{FIGURES_DIR}/{name}"
-    path = atomic_write_bytes(store.path(rel), buf.getvalue())
+    path = atomic_write_bytes(store.path(rel), figure_png(fig, name))
     store.record(rel)
     return path
 

@@ -41,6 +41,9 @@ time, the whole sequence built by hand) on random prompt shapes and architecture
 Which one measures better was decided by the fidelity numbers of ``benchmarks/RESULTS.md``
 (deletion AOPC of exact Shapley values under each masking, real text deletion as the yardstick,
 smollm2-135m): see the masking section there. ``attention`` stays the default.
+
+Over 400 lines on purpose: batching, the cached prefix, compaction and the three maskings are one
+algorithm, checked as a whole against a naive scorer (tests/test_scorer_reference.py).
 """
 
 from __future__ import annotations

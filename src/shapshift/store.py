@@ -193,81 +193,33 @@ class RunStore:
 
 # -- explanations ---------------------------------------------------------------------------------
 def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int], condition: str) -> pd.DataFrame:
-    """The long table: one row per (example, output token, input token), columns :data:`EXPLANATION_COLUMNS`.
+    """The long table: one row per (example, output token, input token), columns :data:`EXPLANATION_COLUMNS`
+    and the optional ones of :meth:`shapshift.result.ExampleExplanation.to_frame`."""
+    from .result import ExampleExplanation
 
-    ``error_std`` (the estimator's standard error, NaN when it has none) follows the contract's columns.
-    """
-    frames = []
-    for ex_id, exp in zip(example_ids, explanations, strict=True):
-        values = np.asarray(exp.values, dtype=np.float64)  # (n_in, n_out)
-        n_in, n_out = values.shape
-        err = getattr(exp, "error_std", None)
-        err = np.full_like(values, np.nan) if err is None else np.asarray(err, dtype=np.float64)
-        frames.append(pd.DataFrame({
-            "example_id": np.full(n_in * n_out, int(ex_id), dtype=np.int64),
-            "condition": condition,
-            "out_pos": np.tile(np.arange(n_out), n_in),
-            "out_token": np.tile(np.asarray(exp.output_names, dtype=object), n_in),
-            "in_pos": np.repeat(np.arange(n_in), n_out),
-            "in_token": np.repeat(np.asarray(exp.data, dtype=object), n_out),
-            "value": values.reshape(-1),
-            "base_value": np.tile(np.asarray(exp.base_values, dtype=np.float64).reshape(-1), n_in),
-            "error_std": err.reshape(-1),
-            # word/sentence features: the tokens of each one (masked together)
-            **({"in_tokens": np.repeat(_object_array(units), n_out)}
-               if (units := getattr(exp, "unit_tokens", None)) is not None else {}),
-        }))
+    frames = [ExampleExplanation.from_shap(exp).to_frame(ex_id, condition)
+              for ex_id, exp in zip(example_ids, explanations, strict=True)]
     if not frames:
         return pd.DataFrame(columns=[*EXPLANATION_COLUMNS, "error_std"])
     return pd.concat(frames, ignore_index=True)
 
 
-def _object_array(lists: Sequence[Sequence[str]]) -> np.ndarray:
-    """A 1-d object array of lists (numpy would make equal-length lists a 2-d array)."""
-    out = np.empty(len(lists), dtype=object)
-    for i, item in enumerate(lists):
-        out[i] = [str(t) for t in item]
-    return out
-
-
 def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
     """Rebuild ``shap.Explanation`` objects (values ``(n_in, n_out)``) from the long table alone."""
-    import shap
+    from .result import ExampleExplanation
 
     ids, out = [], []
     for ex_id, g in df.groupby("example_id", sort=False):
-        g = g.sort_values(["in_pos", "out_pos"])
-        n_in, n_out = int(g["in_pos"].max()) + 1, int(g["out_pos"].max()) + 1
-        values = g["value"].to_numpy(np.float64).reshape(n_in, n_out)
-        first_in = g[g["in_pos"] == 0]
-        first_out = g[g["out_pos"] == 0]
-        err = g["error_std"].to_numpy(np.float64).reshape(n_in, n_out) if "error_std" in g else None
-        if err is not None and np.isnan(err).all():
-            err = None
-        exp = shap.Explanation(
-            values=values, base_values=first_in["base_value"].to_numpy(np.float64),
-            data=np.asarray(first_out["in_token"].tolist(), dtype=object),
-            output_names=first_in["out_token"].tolist(), error_std=err,
-        )
-        if "in_tokens" in g and first_out["in_tokens"].notna().all():
-            exp.unit_tokens = [[str(t) for t in tokens] for tokens in first_out["in_tokens"]]
-        out.append(exp)
+        out.append(ExampleExplanation.from_frame(g).to_shap())
         ids.append(int(ex_id))
     return ids, out
 
 
 def plain_explanation(exp: Any) -> Any:
-    """The fields the contract stores (no timings), so equal results pickle to equal bytes."""
-    import shap
+    """The fields a run stores (no timings), so equal results pickle to equal bytes."""
+    from .result import ExampleExplanation
 
-    plain = shap.Explanation(values=np.asarray(exp.values, dtype=np.float64),
-                             base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
-                             data=np.asarray([str(t) for t in exp.data], dtype=object),
-                             output_names=[str(t) for t in exp.output_names],
-                             error_std=getattr(exp, "error_std", None))
-    if getattr(exp, "unit_tokens", None) is not None:
-        plain.unit_tokens = [[str(t) for t in tokens] for tokens in exp.unit_tokens]
-    return plain
+    return ExampleExplanation.from_shap(exp).to_shap()
 
 
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
@@ -341,29 +293,19 @@ class ExampleCheckpoint:
         return {}
 
     def save(self, example_id: int, exp: Any, stats: dict) -> None:
-        err = getattr(exp, "error_std", None)
-        buf = io.BytesIO()
-        np.savez(buf, values=np.asarray(exp.values, dtype=np.float64),
-                 base_values=np.asarray(exp.base_values, dtype=np.float64).reshape(-1),
-                 data=np.asarray([str(t) for t in exp.data], dtype=str),
-                 output_names=np.asarray([str(t) for t in exp.output_names], dtype=str),
-                 error_std=np.asarray([] if err is None else err, dtype=np.float64),
-                 stats=np.asarray(json.dumps(stats, default=_json_default)))
-        atomic_write_bytes(self.dir / f"example-{int(example_id)}.npz", buf.getvalue())
+        from .result import ExampleExplanation
+
+        data = ExampleExplanation.from_shap(exp).to_npz(stats=json.loads(json.dumps(stats, default=_json_default)))
+        atomic_write_bytes(self.dir / f"example-{int(example_id)}.npz", data)
 
     def load(self) -> dict[int, tuple[Any, dict]]:
-        import shap
+        from .result import ExampleExplanation
 
         done = {}
         for path in sorted(self.dir.glob("example-*.npz")):
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    err = z["error_std"]
-                    exp = shap.Explanation(values=z["values"], base_values=z["base_values"],
-                                           data=np.asarray(z["data"].tolist(), dtype=object),
-                                           output_names=z["output_names"].tolist(),
-                                           error_std=err if err.size else None)
-                    done[int(path.stem.split("-")[1])] = (exp, json.loads(str(z["stats"])))
+                exp, extra = ExampleExplanation.from_npz(path.read_bytes())
+                done[int(path.stem.split("-")[1])] = (exp.to_shap(), extra["stats"])
             except (OSError, ValueError, KeyError):  # a damaged checkpoint is redone, never trusted
                 path.unlink(missing_ok=True)
         return done

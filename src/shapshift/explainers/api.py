@@ -199,7 +199,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         reuse.keep(key, task)
         explanations.append(to_explanation(task, att, seconds))
         # the expected rank agreement of two runs (explainers.precision) and the evaluations it took
-        explanations[-1].precision, explanations[-1].n_evals = reached, att.n_evals
+        explanations[-1].precision, explanations[-1].n_evals, explanations[-1].method = reached, att.n_evals, name
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
                       "precision": round(reached, 4),
