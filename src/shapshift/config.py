@@ -389,32 +389,25 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def text_keys(cls: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
+def key_types(cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Every setting's type as ``{"section.key": type}`` (nested sections flattened with dots)."""
+    cls = cls or RunConfig
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out.update(key_types(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else {prefix + f.name: tp})
+    return out
+
+
+def text_keys() -> set[str]:
     """The ``section.key`` names of the settings that hold text (``str`` or ``str | None``)."""
-    cls = cls or RunConfig
-    out: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out |= text_keys(tp, f"{prefix}{f.name}.")
-        elif tp is str or set(typing.get_args(tp)) == {str, type(None)}:
-            out.add(prefix + f.name)
-    return out
+    return {k for k, tp in key_types().items() if tp is str or set(typing.get_args(tp)) == {str, type(None)}}
 
 
-def optional_keys(cls: type = None, prefix: str = "") -> set[str]:  # type: ignore[assignment]
+def optional_keys() -> set[str]:
     """The ``section.key`` names of the settings that may be none (their type admits ``None``)."""
-    cls = cls or RunConfig
-    out: set[str] = set()
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out |= optional_keys(tp, f"{prefix}{f.name}.")
-        elif type(None) in typing.get_args(tp):
-            out.add(prefix + f.name)
-    return out
+    return {k for k, tp in key_types().items() if type(None) in typing.get_args(tp)}
 
 
 def unescape(text: str) -> str:
