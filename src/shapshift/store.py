@@ -195,7 +195,8 @@ class RunStore:
 def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int], condition: str) -> pd.DataFrame:
     """The long table: one row per (example, output token, input token), columns :data:`EXPLANATION_COLUMNS`.
 
-    ``error_std`` (the estimator's standard error, NaN when it has none) follows the contract's columns.
+    ``error_std`` (the estimator's standard error, NaN when it has none) follows the contract's columns,
+    then ``method`` (the estimator that produced the example) when the explanations carry one.
     """
     frames = []
     for ex_id, exp in zip(example_ids, explanations, strict=True):
@@ -216,6 +217,7 @@ def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int
             # word/sentence features: the tokens of each one (masked together)
             **({"in_tokens": np.repeat(_object_array(units), n_out)}
                if (units := getattr(exp, "unit_tokens", None)) is not None else {}),
+            **({"method": method} if isinstance(method := getattr(exp, "method", None), str) else {}),
         }))
     if not frames:
         return pd.DataFrame(columns=[*EXPLANATION_COLUMNS, "error_std"])
@@ -251,6 +253,8 @@ def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
         )
         if "in_tokens" in g and first_out["in_tokens"].notna().all():
             exp.unit_tokens = [[str(t) for t in tokens] for tokens in first_out["in_tokens"]]
+        if "method" in g and isinstance(g["method"].iloc[0], str):
+            exp.method = g["method"].iloc[0]
         out.append(exp)
         ids.append(int(ex_id))
     return ids, out
@@ -267,13 +271,22 @@ def plain_explanation(exp: Any) -> Any:
                              error_std=getattr(exp, "error_std", None))
     if getattr(exp, "unit_tokens", None) is not None:
         plain.unit_tokens = [[str(t) for t in tokens] for tokens in exp.unit_tokens]
+    if isinstance(getattr(exp, "method", None), str):
+        plain.method = exp.method
     return plain
 
 
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
                       condition: str, meta: dict[str, Any] | None = None) -> None:
-    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both."""
+    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both.
+
+    An explanation without a ``method`` gets ``meta["method"]`` (unless ``auto``) as the one that produced it.
+    """
     explanations = [plain_explanation(e) for e in explanations]
+    method = (meta or {}).get("method")
+    for e in explanations:
+        if getattr(e, "method", None) is None and isinstance(method, str) and method != "auto":
+            e.method = method
     store.write_parquet(explanations_to_frame(explanations, example_ids, condition), f"{stem}.parquet")
     payload = {"condition": condition, "example_ids": [int(i) for i in example_ids],
                "explanations": explanations, "meta": meta or {}}
@@ -299,6 +312,16 @@ def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False)
         payload = pickle.loads(store.path(pkl).read_bytes())
         return payload["example_ids"], payload["explanations"]
     return frame_to_explanations(store.read_parquet(table))
+
+
+def stored_methods(store: RunStore, stem: str) -> list[str]:
+    """The methods that produced a condition's explanations: its table's ``method`` column (checked against
+    the manifest first); empty when the table has none (runs written before the column existed)."""
+    name = f"{stem}.parquet"
+    if not store.path(name).exists():
+        return []
+    table = store.read_parquet(name)
+    return sorted(set(table["method"].dropna().astype(str))) if "method" in table else []
 
 
 # -- per-example checkpoints (resume) ---------------------------------------------------------------
@@ -363,7 +386,10 @@ class ExampleCheckpoint:
                                            data=np.asarray(z["data"].tolist(), dtype=object),
                                            output_names=z["output_names"].tolist(),
                                            error_std=err if err.size else None)
-                    done[int(path.stem.split("-")[1])] = (exp, json.loads(str(z["stats"])))
+                    stats = json.loads(str(z["stats"]))
+                    if isinstance(stats.get("method"), str):
+                        exp.method = stats["method"]  # the estimator that ran (the table's method column)
+                    done[int(path.stem.split("-")[1])] = (exp, stats)
             except (OSError, ValueError, KeyError):  # a damaged checkpoint is redone, never trusted
                 path.unlink(missing_ok=True)
         return done
