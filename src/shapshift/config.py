@@ -34,7 +34,8 @@ CONDITIONS = ("zero_shot", "few_shot", "finetuned")
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
 REMOTE_MASKINGS = ("delete", "replace")
-#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API.
+#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API
+#: (and an estimator's own, e.g. partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
 EXPLAIN_MASKINGS = ("auto", *MASKINGS)
 
 
