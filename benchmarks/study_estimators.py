@@ -55,17 +55,14 @@ def load_tables(folder: Path) -> list[dict]:
 
 
 def table_task(table: np.ndarray, budget: int, seed: int) -> ExplainTask:
-    """A task whose scorer replays ``table`` (no model, tokenizer or prompt needed by the estimators run here)."""
-    scorer = TableScorer(table)
-    task = ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * scorer.n_in),
+    """A task of the table's features (no model, tokenizer or prompt needed by the estimators run here)."""
+    return ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * TableScorer(table).n_in),
                        target_ids=[], max_evals=budget, seed=seed)
-    task.__dict__["scorer"] = scorer
-    return task
 
 
 def run(method: str, table: np.ndarray, budget: int, seed: int):
-    task = table_task(table, budget, seed)
-    return REGISTRY[method]().attribute(task)
+    """``method`` on the game ``table`` replays (its scorer, passed explicitly)."""
+    return REGISTRY[method]().attribute(table_task(table, budget, seed), TableScorer(table))
 
 
 def rows_for(t: dict, methods, per_feature, seeds: int) -> list[dict]:

@@ -66,9 +66,7 @@ def budget_rows(ex_name, n, task_factory, table, exact, per_feature, seeds):
             continue
         for method in ("kernel", "sampling", "hierarchical"):
             for seed in range(seeds if method != "hierarchical" else 1):
-                task = task_factory(budget, seed)
-                task.__dict__["scorer"] = TableScorer(table)
-                att = REGISTRY[method]().attribute(task)
+                att = REGISTRY[method]().attribute(task_factory(budget, seed), TableScorer(table))
                 a, b = att.values.sum(1), exact.sum(1)
                 rows.append({"example": ex_name, "n": n, "per_feature": c, "budget": budget, "method": method,
                              "seed": seed, "evals": att.n_evals,

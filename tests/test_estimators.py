@@ -8,7 +8,7 @@ import pytest
 
 import shapshift
 from shapshift.explainers import REGISTRY, choose_method, make_task
-from shapshift.explainers.api import AUTO_EXACT_MAX, AUTO_HIERARCHICAL_MIN, auto_budget
+from shapshift.explainers.api import auto_budget
 from shapshift.explainers.exact import all_coalitions, shapley_from_table
 from shapshift.explainers.hierarchical import split_span
 from shapshift.explainers.kernel import constrained_wls, kernel_design
@@ -26,10 +26,9 @@ def _task(model, tok, text, target=" positive and warm", **options):
     return make_task(model, tok, parts, tok(target, add_special_tokens=False)["input_ids"], **options)
 
 
-def _with_table(task, table):
-    """The task, scored from a recorded table instead of the model."""
-    task.__dict__["scorer"] = TableScorer(table)
-    return task
+def _attribute(method, task, scorer=None):
+    """``method``'s attribution of ``task``, scored by ``scorer`` (a recorded table) or the task's own scorer."""
+    return REGISTRY[method]().attribute(task, scorer if scorer is not None else task.make_scorer())
 
 
 def brute_force_shapley(f, n):
@@ -61,7 +60,7 @@ def test_exact_equals_brute_force_over_permutations(tiny_neo, text):
     assert task.n_features <= 5
     independent = TeacherForcedScorer(model, task.prompt, task.target_ids, use_cache=False, batch_size=1)
     expected = brute_force_shapley(independent, task.n_features)
-    att = REGISTRY["exact"]().attribute(task)
+    att = _attribute("exact", task)
     np.testing.assert_allclose(att.values, expected, atol=1e-4)
     assert att.n_evals == 2 ** task.n_features
 
@@ -101,7 +100,7 @@ def neo_table(tiny_neo):
     """Every coalition of an 8-token input scored once, and its exact Shapley values."""
     model, tok = tiny_neo
     task = _task(model, tok, "the long, slow and quiet film")
-    table = task.scorer(all_coalitions(task.n_features))
+    table = task.make_scorer()(all_coalitions(task.n_features))
     return task, table, shapley_from_table(table, task.n_features)
 
 
@@ -114,8 +113,8 @@ def test_sampling_error_shrinks_as_the_budget_grows(tiny_neo, neo_table, method)
     for budget in (2 * n + 2, 8 * n, 24 * n):
         errs = []
         for seed in range(6):
-            task = _with_table(_task(model, tok, "the long, slow and quiet film", max_evals=budget, seed=seed), table)
-            att = REGISTRY[method]().attribute(task)
+            task = _task(model, tok, "the long, slow and quiet film", max_evals=budget, seed=seed)
+            att = _attribute(method, task, TableScorer(table))
             assert att.n_evals <= max(budget, 2 * n)
             np.testing.assert_allclose(att.base_values + att.values.sum(0), table[-1], atol=1e-9)
             errs.append(np.abs(att.values - exact).mean())
@@ -129,8 +128,8 @@ def test_kernel_standard_error_is_calibrated(tiny_neo, neo_table):
     task0, table, exact = neo_table
     z = []
     for seed in range(8):
-        task = _with_table(_task(model, tok, "the long, slow and quiet film", max_evals=60, seed=seed), table)
-        att = REGISTRY["kernel"]().attribute(task)
+        task = _task(model, tok, "the long, slow and quiet film", max_evals=60, seed=seed)
+        att = _attribute("kernel", task, TableScorer(table))
         z.append(np.abs(att.values - exact) / np.maximum(att.error_std, 1e-12))
     z = np.concatenate(z).ravel()
     assert np.median(z) < 1.5 and np.mean(z < 3) > 0.85
@@ -155,10 +154,11 @@ def test_hierarchical_on_a_long_input_within_budget(tiny_neo):
     text = " ".join(f"Sentence number {i} says the film was {'good' if i % 2 else 'slow'}." for i in range(30))
     task = _task(model, tok, text, max_evals=150)
     assert task.n_features >= 200
-    att = REGISTRY["hierarchical"]().attribute(task)
+    scorer = task.make_scorer()
+    att = REGISTRY["hierarchical"]().attribute(task, scorer)
     assert att.n_evals <= 150
-    np.testing.assert_allclose(att.base_values, task.scorer.empty(), atol=1e-5)
-    np.testing.assert_allclose(att.base_values + att.values.sum(0), task.scorer.full(), atol=1e-4)
+    np.testing.assert_allclose(att.base_values, scorer.empty(), atol=1e-5)
+    np.testing.assert_allclose(att.base_values + att.values.sum(0), scorer.full(), atol=1e-4)
     assert att.values.shape == (task.n_features, 3) and np.all(np.isfinite(att.values))
     # some spans were refined below the top level: the values are not constant over quarters
     assert len(np.unique(np.round(att.values[:, 0], 9))) > 8
@@ -178,17 +178,20 @@ def test_hierarchical_is_exact_on_short_inputs(tiny_neo, neo_table):
     """At most `fanout` tokens: one exact game at the root."""
     model, tok = tiny_neo
     task = _task(model, tok, "good film")
-    att = REGISTRY["hierarchical"]().attribute(task)
-    np.testing.assert_allclose(att.values, REGISTRY["exact"]().attribute(_task(model, tok, "good film")).values,
+    att = _attribute("hierarchical", task)
+    np.testing.assert_allclose(att.values, _attribute("exact", _task(model, tok, "good film")).values,
                                atol=1e-5)
 
 
 def test_choose_method_and_auto_budget():
+    """auto's ladder, read from the registry entries: exact up to 5 features, quadrature up to 64, then hierarchical."""
+    exact_max, quadrature_max = REGISTRY["exact"].auto_max_features, REGISTRY["quadrature"].auto_max_features
+    assert (exact_max, quadrature_max) == (5, 64)
     assert choose_method(3) == "exact"
-    assert choose_method(AUTO_EXACT_MAX) == "exact"
-    assert choose_method(AUTO_EXACT_MAX + 1) == "quadrature"
-    assert choose_method(AUTO_HIERARCHICAL_MIN) == "quadrature"
-    assert choose_method(AUTO_HIERARCHICAL_MIN + 1) == "hierarchical"
+    assert choose_method(exact_max) == "exact"
+    assert choose_method(exact_max + 1) == "quadrature"
+    assert choose_method(quadrature_max) == "quadrature"
+    assert choose_method(quadrature_max + 1) == "hierarchical"
     assert choose_method(40, "sampling") == "sampling"
     assert auto_budget("kernel", 20, 512) <= 512
     assert auto_budget("kernel", 20, 30) == 30

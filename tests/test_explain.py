@@ -156,7 +156,7 @@ def test_target_that_tokenises_differently_in_context_is_flagged(tiny_neo, caplo
 
 def test_tasks_under_one_context_share_the_prefix_pass(tiny_neo):
     """Consecutive tasks with the same fixed context (a few-shot prompt) run its prefix once: the later
-    ones score no prefix tokens and get the values they get alone; the caller's tasks keep no scorer."""
+    ones score no prefix tokens and get the values they get alone; the caller's tasks keep no prefix cache."""
     from shapshift.explainers import explain_tasks
 
     model, tok = tiny_neo
@@ -172,7 +172,7 @@ def test_tasks_under_one_context_share_the_prefix_pass(tiny_neo):
     assert stats[1]["n_forward_tokens"] == alone[1][1][0]["n_forward_tokens"] - n_prefix
     for exp, (solo, _) in zip(together, alone):
         np.testing.assert_allclose(exp.values, solo[0].values, atol=1e-6)
-    assert all("scorer" not in t.__dict__ and t.prefix_cache is None for t in tasks)
+    assert all(t.prefix_cache is None for t in tasks)
 
 
 def test_explain_text_refuses_what_it_cannot_write(tmp_path, capsys):

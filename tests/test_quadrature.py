@@ -36,12 +36,15 @@ TABLES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "tables").
 
 
 def table_task(table: np.ndarray, budget: int, seed: int = 0) -> ExplainTask:
-    """A task scored from a table of every coalition (no model)."""
-    scorer = TableScorer(table)
-    task = ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * scorer.n_in),
+    """A task of the table's features (no model); its scorer is ``TableScorer(table)``, passed explicitly."""
+    n_in = int(np.log2(len(table)))
+    return ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * n_in),
                        target_ids=[], max_evals=budget, seed=seed)
-    task.__dict__["scorer"] = scorer
-    return task
+
+
+def attribute(method: str, table: np.ndarray, budget: int, seed: int = 0):
+    """``method``'s attribution of the table's game within ``budget`` evaluations."""
+    return REGISTRY[method]().attribute(table_task(table, budget, seed), TableScorer(table))
 
 
 def second_order_game(n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +65,7 @@ def recorded(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
 @given(n=st.integers(4, 9), seed=st.integers(0, 1000))
 def test_exact_for_second_order_games_from_the_end_sizes(n, seed):
     table, phi = second_order_game(n, 2, np.random.default_rng(seed))
-    att = REGISTRY["quadrature"]().attribute(table_task(table, 2 * n + 2, seed))
+    att = attribute("quadrature", table, 2 * n + 2, seed)
     np.testing.assert_allclose(att.values, phi, atol=1e-8)
     assert att.n_evals == 2 * n + 2
 
@@ -73,7 +76,7 @@ def test_exact_for_second_order_games_with_paired_middle_coalitions(n, per, seed
     """Even n: a pair's two coalitions share the middle size, their difference is linear in a 2nd-order game."""
     table, phi = second_order_game(n, 3, np.random.default_rng(seed))
     budget = min(per * n + 2, 2**n - 1)
-    att = REGISTRY["quadrature"]().attribute(table_task(table, budget, seed))
+    att = attribute("quadrature", table, budget, seed)
     np.testing.assert_allclose(att.values, phi, atol=1e-6)
 
 
@@ -89,7 +92,7 @@ def test_size_quadrature_sums_polynomials_over_sizes_exactly():
 def test_efficiency_exact_and_budget_kept_on_recorded_tables(path):
     table, exact, n = recorded(path)
     for budget in (n + 2, 2 * n + 2, 3 * n + 2, 8 * n + 2, 2**n):
-        att = REGISTRY["quadrature"]().attribute(table_task(table, budget))
+        att = attribute("quadrature", table, budget)
         np.testing.assert_allclose(att.values.sum(0), table[-1] - table[0], atol=1e-9)
         np.testing.assert_allclose(att.base_values, table[0])
         assert att.n_evals <= budget
@@ -102,7 +105,7 @@ def _mean_error(method: str, per: int, seeds: int = 3) -> float:
     for path in TABLES:
         table, exact, n = recorded(path)
         for seed in range(seeds):
-            att = REGISTRY[method]().attribute(table_task(table, per * n + 2, seed))
+            att = attribute(method, table, per * n + 2, seed)
             errs.append(np.linalg.norm(att.values - exact) / np.linalg.norm(exact))
     return float(np.mean(errs))
 
@@ -122,7 +125,7 @@ def test_standard_errors_cover_the_exact_values_on_recorded_tables(method, per):
     for path in TABLES:
         table, exact, n = recorded(path)
         for seed in range(4):
-            att = REGISTRY[method]().attribute(table_task(table, per * n + 2, seed))
+            att = attribute(method, table, per * n + 2, seed)
             hits.append((np.abs(att.values - exact) <= 1.96 * att.error_std).ravel())
     coverage = np.concatenate(hits).mean()
     assert 0.90 <= coverage <= 0.98, coverage
@@ -145,27 +148,25 @@ def test_expected_rank_agreement_matches_simulated_reruns():
 
 def test_rounds_reuse_every_scored_coalition():
     table, _, n = recorded(TABLES[-1])
-    task = table_task(table, 4 * n + 2)
-    cache = CachingScorer(task.scorer)
+    scorer = TableScorer(table)
+    cache = CachingScorer(scorer)
     for budget in (4 * n + 2, 6 * n + 2, 9 * n + 2):
-        run = table_task(table, budget)
-        run.__dict__["scorer"] = cache
-        REGISTRY["quadrature"]().attribute(run)
+        REGISTRY["quadrature"]().attribute(table_task(table, budget), cache)
         assert cache.n_evals == budget  # the larger design starts with the smaller one's pairs
-    assert task.scorer.n_evals == 9 * n + 2
+    assert scorer.n_evals == 9 * n + 2
 
 
 def test_precision_rounds_stop_at_the_target_and_at_the_cap():
     table, exact, n = recorded(TABLES[-1])
     cap = 40 * n
-    res = explain_to_precision(table_task(table, 0), "quadrature", 0.95, cap)
+    res = explain_to_precision(table_task(table, 0), TableScorer(table), "quadrature", 0.95, cap)
     assert res.precision >= 0.95 and res.attribution.n_evals < cap and res.rounds > 1
-    first = explain_to_precision(table_task(table, 0), "quadrature", 0.5, cap)
+    first = explain_to_precision(table_task(table, 0), TableScorer(table), "quadrature", 0.5, cap)
     assert first.rounds == 1 and first.attribution.n_evals == 4 * n + 2
-    capped = explain_to_precision(table_task(table, 0), "quadrature", 0.9999, 10 * n)
+    capped = explain_to_precision(table_task(table, 0), TableScorer(table), "quadrature", 0.9999, 10 * n)
     assert capped.budget == 10 * n and capped.attribution.n_evals <= 10 * n and capped.precision < 0.9999
     for method in ("kernel", "sampling"):  # the other sampling estimators on request
-        res = explain_to_precision(table_task(table, 0), method, 0.9, cap)
+        res = explain_to_precision(table_task(table, 0), TableScorer(table), method, 0.9, cap)
         assert res.precision >= 0.9 or res.budget == cap
         assert res.attribution.n_evals <= cap
 

@@ -184,9 +184,8 @@ def test_conditions_share_their_coalitions(method):
 
     def coalitions(model, seed):
         task = make_task(model, tok, parts, target, max_evals=60, seed=seed, precision=0.99 if method == "auto" else None)
-        recorder = Recorder(task.scorer)
-        task.__dict__["scorer"] = recorder
-        explain_tasks([task], method, progress=False)
+        recorder = Recorder(task.make_scorer())
+        explain_tasks([task], method, progress=False, scorers=[recorder])
         return recorder.masks
 
     a, b, other = coalitions(model_a, 0), coalitions(model_b, 0), coalitions(model_a, 1)

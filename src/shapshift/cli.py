@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 from .config import (
-    EXPLAIN_METHODS,
-    LENS_METHODS,
     MASKINGS,
     SCORES,
     ExplainConfig,
@@ -124,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="fixed template around the text, with an {input} slot")
     # defaults: the run configuration's (explain.* and generation.*), as for shapshift.explain()
     ex, gen = ExplainConfig(), GenerationConfig()
-    p.add_argument("--method", default=ex.method, choices=EXPLAIN_METHODS + LENS_METHODS)
+    # checked when run (the estimators' registry loads torch; --help stays quick)
+    p.add_argument("--method", default=ex.method,
+                   help="auto, or any estimator or lens of shapshift.explainers.method_choices() (checked when run)")
     p.add_argument("--score", default=ex.score, choices=SCORES)
     p.add_argument("--masking", default=ex.masking, choices=MASKINGS)
     p.add_argument("--max-evals", type=int, default=ex.max_evals, help="budget of masked inputs (sampling estimators)")

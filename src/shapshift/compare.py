@@ -18,14 +18,14 @@ Reads the stored explanations of each condition (``02_baseline``, ``02_baseline_
 
 The noise floor is the overlap of the baseline with itself explained again under another seed
 (``baseline_rerun``): what overlap looks like when nothing but estimator noise changed. Without a
-rerun, the floor is NaN — unless the baseline's estimator is known to be deterministic (exact
-Shapley values), whose rerun would be identical: then the floor is exactly 1 for every example.
+rerun, the floor is NaN — unless the baseline's estimator is known to be deterministic (its registry
+entry says so: exact Shapley values, hierarchical, the lenses), whose rerun would be identical: then
+the floor is exactly 1 for every example.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .errors import ArtifactError
 from .stats import bootstrap_mean_ci, holm, wilcoxon_paired
-from .store import RunStore, atomic_write_bytes, load_explanations
+from .store import RunStore, atomic_write_bytes, load_explanations, stored_methods
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ CURVES_FILE = "04_overlap_curves.parquet"
 SUMMARY_FILE = "04_summary.csv"
 #: The manifest's ``stages`` entry of :func:`run_compare` (time, conditions, pairs, notes).
 STAGE = "compare_overlap"
-#: Estimators whose values do not depend on the seed (a rerun gives identical values).
-DETERMINISTIC_METHODS = frozenset({"exact"})
 OVERLAP_COLUMNS = ["example_id", "condition_a", "condition_b", "scope", "out_pos", "metric", "k_spec", "k",
                    "k_used", "n_features", "value"]
 SUMMARY_COLUMNS = ["condition_a", "condition_b", "scope", "metric", "k_spec", "k_mean", "mean", "ci_low", "ci_high",
@@ -83,32 +81,17 @@ def load_condition(store: RunStore, condition: str) -> Explanations:
 def baseline_is_deterministic(store: RunStore) -> bool | None:
     """Whether the baseline's estimator gives seed-independent values; None when the run does not say.
 
-    Looks, in order, at the baseline pickle's ``meta["deterministic"]``, its ``meta["method"]`` (unless
-    ``"auto"``) and the ``method`` of each entry of ``meta["per_example"]`` / ``meta["stats"]``, and
-    the manifest's ``config.explain.method``; methods in :data:`DETERMINISTIC_METHODS` are deterministic.
+    The methods are the baseline table's ``method`` column (the estimator that produced each example,
+    :func:`shapshift.store.stored_methods`), else the manifest's ``config.explain.method`` (unless
+    ``"auto"``); the estimators' registry says whether each is deterministic (None for an unknown one).
     """
-    meta: dict[str, Any] = {}
-    name = f"{conds.stem(BASELINE)}.pkl"
-    if store.path(name).exists():  # a file that fails its sha256 check stops here (ArtifactError names it)
-        try:
-            meta = pickle.loads(store.verify(name).read_bytes()).get("meta") or {}
-        except (pickle.UnpicklingError, AttributeError, EOFError):
-            meta = {}
-    if isinstance(meta.get("deterministic"), bool):
-        return meta["deterministic"]
-    methods = set()
-    if isinstance(meta.get("method"), str) and meta["method"] != "auto":
-        methods.add(meta["method"])
-    for row in [*(meta.get("per_example") or []), *(meta.get("stats") or [])]:
-        if isinstance(row, dict) and isinstance(row.get("method"), str):
-            methods.add(row["method"])
+    from .explainers.registry import is_deterministic
+
+    methods = stored_methods(store, conds.stem(BASELINE))
     if not methods:
         method = store.manifest().get("config", {}).get("explain", {}).get("method")
-        if isinstance(method, str) and method != "auto":
-            methods.add(method)
-    if not methods:
-        return None
-    return methods <= DETERMINISTIC_METHODS
+        methods = [method] if isinstance(method, str) and method != "auto" else []
+    return is_deterministic(methods)
 
 
 def condition_pairs(conditions: list[str]) -> list[tuple[str, str]]:

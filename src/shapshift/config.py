@@ -22,9 +22,6 @@ import yaml
 from . import conditions as _conditions
 from .errors import ConfigError
 
-EXPLAIN_METHODS = ("auto", "exact", "sampling", "kernel", "quadrature", "hierarchical", "partition")
-#: The cheaper lenses beside SHAP (not Shapley values; :mod:`shapshift.explainers.gradients`, ``.attention``).
-LENS_METHODS = ("input_x_gradient", "integrated_gradients", "attention", "attention_rollout")
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
@@ -41,7 +38,8 @@ CONDITIONS = tuple(_conditions.stage3_names())
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
 REMOTE_MASKINGS = ("delete", "replace")
-#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API.
+#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API
+#: (and an estimator's own, e.g. partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
 EXPLAIN_MASKINGS = ("auto", *MASKINGS)
 
 
@@ -152,6 +150,9 @@ class ExplainConfig:
     ``auto``: attention masking, or deletion for a model behind an API (:func:`resolve_masking`).
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
     ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
+    ``options``: the estimators' settings (e.g. ``{fanout: 4}`` for ``hierarchical``, ``{n_steps: 64}`` for
+    ``integrated_gradients``), checked against the ``Options`` of the run's methods (``auto``: of the
+    estimators it may choose); each method takes the keys it declares.
     ``precision``: explain to this expected rank agreement of two independent runs (0 < p < 1; Spearman
     of ``|value|`` summed over outputs, from the standard errors), spending evaluations in rounds up to
     ``max_evals``; ``auto``, ``quadrature``, ``kernel`` and ``sampling``. ``None``: ``auto`` aims at its
@@ -171,6 +172,7 @@ class ExplainConfig:
     noise_floor: bool = True  # explain the baseline twice (second seed) to measure estimator noise
     unit: str = "token"  # token | word | sentence: the features (groups of the input's tokens, masked together)
     methods: list[str] | None = None  # [SHAP method, lens, ...]: every condition explained with each; None: [method]
+    options: dict[str, Any] = field(default_factory=dict)  # estimator settings, e.g. {fanout: 4}; see the docstring
 
     @property
     def all_methods(self) -> list[str]:
@@ -178,27 +180,33 @@ class ExplainConfig:
         return list(self.methods) if self.methods else [self.method]
 
     def validate(self) -> None:
-        if self.method not in EXPLAIN_METHODS:
+        # the estimators' registry (imported here, not with this module: it loads torch) knows the methods
+        from .explainers import registry
+
+        shap_methods, lens_methods = registry.shap_methods(), registry.lens_methods()
+        if self.method not in shap_methods:
             raise ConfigError(f"explain.method={self.method!r} is unknown.",
-                              f"Choose one of {', '.join(EXPLAIN_METHODS)} (SHAP estimators); the lenses "
-                              f"{', '.join(LENS_METHODS)} go in explain.methods after it.")
+                              f"Choose one of {', '.join(shap_methods)} (SHAP estimators); the lenses "
+                              f"{', '.join(lens_methods)} go in explain.methods after it.")
         if self.methods is not None:
             lenses = list(self.methods[1:])
-            bad = [m for m in lenses if m not in LENS_METHODS]
+            bad = [m for m in lenses if m not in lens_methods]
             if not self.methods or self.methods[0] != self.method or bad or len(set(lenses)) != len(lenses):
                 raise ConfigError(
                     f"explain.methods={self.methods!r} must start with the SHAP method explain.method={self.method!r} "
-                    f"and then name distinct lenses from {', '.join(LENS_METHODS)}.",
+                    f"and then name distinct lenses from {', '.join(lens_methods)}.",
                     f"Write e.g. explain.methods=[{self.method}, integrated_gradients, attention], or leave it null.")
         if self.score not in SCORES:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
-        if self.masking not in EXPLAIN_MASKINGS:
-            raise ConfigError(f"explain.masking={self.masking!r} is unknown.", f"Use one of {', '.join(EXPLAIN_MASKINGS)}.")
+        registry.check_masking(self.all_methods, self.masking)
         if self.unit not in UNITS:
             raise ConfigError(f"explain.unit={self.unit!r} is unknown.", f"Use one of {', '.join(UNITS)}.")
-        if self.unit != "token" and self.method == "partition":
-            raise ConfigError(f"explain.method=partition explains tokens only (shap's Text masker), not {self.unit}s.",
-                              "Use explain.unit=token with partition, or another method (auto, kernel, ...).")
+        for cls in registry.expand(self.all_methods):
+            if self.unit not in cls.units:
+                raise ConfigError(f"explain.method={cls.name} explains {', '.join(u + 's' for u in cls.units)} only, "
+                                  f"not {self.unit}s.", f"Use explain.unit={cls.units[0]} with {cls.name}, or another "
+                                  "method (auto, kernel, ...).")
+        registry.validate_options(self.all_methods, self.options)
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
                               "Leave it empty (null) to choose it from the device's memory.")
@@ -318,11 +326,14 @@ class RunConfig:
             raise ConfigError(f"adapt.conditions includes {', '.join(weights)}, but {self.model.spec} is a model behind "
                               "an API, whose weights cannot be fine-tuned or changed from here.",
                               f"Drop it: --set adapt.conditions=[{','.join(keep)}].")
-        lenses = [m for m in self.explain.all_methods if m in LENS_METHODS]
-        if lenses:
-            raise ConfigError(f"explain.methods includes {', '.join(lenses)}, but {self.model.spec} is a model behind an "
-                              "API: gradients and attention maps need its weights.",
-                              "Leave explain.methods empty (null) for a remote model; SHAP needs only its scores.")
+        from .explainers import REGISTRY
+
+        weighted = [m for m in self.explain.all_methods if m in REGISTRY and REGISTRY[m].needs_weights]
+        if weighted:
+            raise ConfigError(f"explain.method(s) includes {', '.join(weighted)}, but {self.model.spec} is a model behind "
+                              "an API: gradients, attention maps and shap's own model wrapper need its weights.",
+                              "Leave explain.methods empty (null) and use a SHAP method such as auto for a remote "
+                              "model; SHAP needs only its scores.")
         if resolve_masking(self.explain.masking, _REMOTE) not in REMOTE_MASKINGS:
             raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
                               "attention masking needs the model's attention mask, which an API does not expose.",
@@ -470,6 +481,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"Config key {key} must be a mapping, got {value!r}.")
+        if args and args[1] is Any:  # typed later (explain.options: by each estimator's Options)
+            return {str(k): v for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):

@@ -283,9 +283,10 @@ FORM_TITLE = "#@title Settings (the same form in all four notebooks; a field is 
 
 
 def _param(name: str, value: Any) -> str:
-    from .config import EXPLAIN_MASKINGS, EXPLAIN_METHODS, UNITS
+    from .config import EXPLAIN_MASKINGS, UNITS
+    from .explainers import shap_methods
 
-    choices = {**FIELD_CHOICES, "explain_method": (list(EXPLAIN_METHODS), False),
+    choices = {**FIELD_CHOICES, "explain_method": (list(shap_methods()), False),
                "explain_masking": (list(EXPLAIN_MASKINGS), False), "explain_unit": (list(UNITS), False)}
     if name in choices:
         options, free = choices[name]

@@ -26,6 +26,7 @@ from .conditions import BASELINE, NOISE_FLOOR
 from .config import RunConfig, resolve_masking
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
+from .explainers.registry import masking_used
 from .generation import generate
 from .models import load_model
 from .prompting import PromptParts, encode_prompt, encode_targets, token_strings
@@ -120,14 +121,15 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
             continue
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
                          batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
-                         unit=ex.unit)
+                         unit=ex.unit, options=dict(ex.options))
         [exp], [stats] = explain_tasks([task], method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
-    meta = {"method": method, "methods_used": methods, "score": ex.score, "masking": resolve_masking(ex.masking, model),
+    meta = {"method": method, "methods_used": methods, "score": ex.score,
+            "masking": masking_used(method, resolve_masking(ex.masking, model)),  # partition: shap's Text masker
             "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)

@@ -224,8 +224,15 @@ def plain_explanation(exp: Any) -> Any:
 
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
                       condition: str, meta: dict[str, Any] | None = None) -> None:
-    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both."""
+    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both.
+
+    An explanation without a ``method`` gets ``meta["method"]`` (unless ``auto``) as the one that produced it.
+    """
     explanations = [plain_explanation(e) for e in explanations]
+    method = (meta or {}).get("method")
+    for e in explanations:
+        if getattr(e, "method", None) is None and isinstance(method, str) and method != "auto":
+            e.method = method
     store.write_parquet(explanations_to_frame(explanations, example_ids, condition), f"{stem}.parquet")
     payload = {"condition": condition, "example_ids": [int(i) for i in example_ids],
                "explanations": explanations, "meta": meta or {}}
@@ -251,6 +258,16 @@ def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False)
         payload = pickle.loads(store.path(pkl).read_bytes())
         return payload["example_ids"], payload["explanations"]
     return frame_to_explanations(store.read_parquet(table))
+
+
+def stored_methods(store: RunStore, stem: str) -> list[str]:
+    """The methods that produced a condition's explanations: its table's ``method`` column (checked against
+    the manifest first); empty when the table has none (runs written before the column existed)."""
+    name = f"{stem}.parquet"
+    if not store.path(name).exists():
+        return []
+    table = store.read_parquet(name)
+    return sorted(set(table["method"].dropna().astype(str))) if "method" in table else []
 
 
 # -- per-example checkpoints (resume) ---------------------------------------------------------------

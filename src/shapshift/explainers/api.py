@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import LENS_METHODS, ExplainConfig, GenerationConfig, resolve_masking
+from ..config import ExplainConfig, GenerationConfig, resolve_masking
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
@@ -24,18 +24,19 @@ from ..prompting import (
     feature_groups,
     token_strings,
 )
-from .base import REGISTRY, Attribution, ExplainTask
-from .exact import MAX_EXACT_FEATURES
-from .precision import ROUND_METHODS, expected_rank_agreement, explain_to_precision
+from .base import Attribution, ExplainTask
+from .precision import expected_rank_agreement, explain_to_precision
+from .registry import (
+    REGISTRY,
+    auto_budget,  # noqa: F401  (auto's policy lives in the registry; read from here too)
+    choose_method,
+    lens_methods,
+    method_choices,
+    validate_options,
+)
 
 log = logging.getLogger(__name__)
 
-#: ``auto`` uses exact Shapley values up to this many input tokens (2^n evaluations).
-AUTO_EXACT_MAX = 5
-#: ``auto`` explains inputs longer than this hierarchically (chunks first, then tokens).
-AUTO_HIERARCHICAL_MIN = 64
-#: ``auto``'s first-round budget: this many evaluations per input token (+ 2), capped by ``max_evals``.
-AUTO_EVALS_PER_FEATURE = 4
 #: ``auto``'s default precision (expected Spearman of two runs' token rankings): on CPU, and on a GPU.
 AUTO_PRECISION, AUTO_PRECISION_GPU = 0.95, 0.98
 
@@ -44,44 +45,12 @@ Context = str | tuple[str, str] | PromptParts | None
 _EX, _GEN = ExplainConfig(), GenerationConfig()
 
 
-def choose_method(n_features: int, method: str = "auto") -> str:
-    """The estimator ``auto`` picks for ``n_features`` input tokens (any other ``method`` is returned as is).
-
-    - ``exact`` up to :data:`AUTO_EXACT_MAX` tokens: ``2^n`` evaluations are no more than the other
-      estimators' budget, and the values are exact;
-    - ``quadrature`` (exact end sizes, regression-adjusted middle size; exact efficiency) up to
-      :data:`AUTO_HIERARCHICAL_MIN`, run in rounds to :func:`auto_precision`;
-    - ``hierarchical`` beyond: chunks first, then tokens inside the chunks that matter.
-
-    Why (``benchmarks/ESTIMATORS.md``, smollm2-135m on SST-2, exact Shapley values as the reference):
-    at equal budgets from ``4n + 2`` on, ``quadrature``'s error is well below paired KernelSHAP's and
-    below shapiq's approximators', with calibrated standard errors that the precision rounds need.
-    """
-    if method != "auto":
-        return method
-    if n_features <= AUTO_EXACT_MAX:
-        return "exact"
-    return "quadrature" if n_features <= AUTO_HIERARCHICAL_MIN else "hierarchical"
-
-
 def auto_precision(model: PreTrainedModel | None = None) -> float:
     """``auto``'s precision target when ``explain.precision`` is unset: :data:`AUTO_PRECISION`, higher on a GPU."""
     from ..models import model_device
 
     on_gpu = model is not None and model_device(model).type == "cuda"
     return AUTO_PRECISION_GPU if on_gpu else AUTO_PRECISION
-
-
-def auto_budget(name: str, n_features: int, max_evals: int) -> int:
-    """Evaluations ``auto`` gives the estimator it chose: ``max_evals`` caps a budget that grows with ``n``.
-
-    kernel and quadrature: ``AUTO_EVALS_PER_FEATURE * n + 2`` (the leave-one-in/leave-one-out
-    coalitions and about as many again; the first round when run to a precision); hierarchical and
-    exact: ``max_evals`` (exact ignores it).
-    """
-    if name in ("kernel", "quadrature"):
-        return min(max_evals, AUTO_EVALS_PER_FEATURE * n_features + 2)
-    return max_evals
 
 
 def to_parts(text: str | PromptParts, context: Context, tokenizer: PreTrainedTokenizerBase, chat: bool) -> PromptParts:
@@ -146,59 +115,74 @@ class PrefixReuse:
         self._cache: Any = None
 
     def attach(self, task: ExplainTask) -> tuple:
-        """Give ``task`` the kept cache when its model and prefix match; returns the task's key."""
+        """Give ``task`` the kept cache when its model and prefix match (before its scorer is built); returns its key."""
         # the model itself, not its id: a freed model's id can be reused by another one
         key = (task.model, tuple(task.prompt.prefix_ids), task.use_cache)
-        if key == self._key and task.prefix_cache is None and "scorer" not in task.__dict__:
+        if key == self._key and task.prefix_cache is None:
             task.prefix_cache = self._cache
         return key
 
-    def keep(self, key: tuple, task: ExplainTask) -> None:
-        """Keep the prefix cache ``task``'s scorer used (if it has one)."""
-        cache = getattr(task.__dict__.get("scorer"), "prefix_cache", None)
+    def keep(self, key: tuple, scorer: Any) -> None:
+        """Keep the prefix cache ``scorer`` used (if it has one)."""
+        cache = getattr(scorer, "prefix_cache", None)
         if cache is not None:
             self._key, self._cache = key, cache
 
 
 def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progress: bool = True,
-                  desc: str = "explain", reuse: PrefixReuse | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+                  desc: str = "explain", reuse: PrefixReuse | None = None,
+                  scorers: Sequence[Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
     """Explain prepared tasks; returns the Explanations and per-example stats (method, evals, seconds).
 
-    Consecutive tasks with the same model and fixed prefix run that prefix once (``reuse``: pass one
-    :class:`PrefixReuse` to several calls to share it across them too).
+    Each task's estimator is built with the task's ``options`` (those it declares) and given a scorer:
+    ``scorers[i]`` when passed (a :class:`~shapshift.scoring.TableScorer`, a recording wrapper...), else
+    one built here (:meth:`ExplainTask.make_scorer`). Consecutive tasks with the same model and fixed
+    prefix run that prefix once (``reuse``: pass one :class:`PrefixReuse` to several calls to share it).
     """
     explanations, stats = [], []
     reuse = reuse if reuse is not None else PrefixReuse()
-    for task in tqdm(tasks, desc=desc, disable=not progress, leave=False):
-        # a copy runs: the caller's task keeps its budget and holds no scorer (nor its cache) afterwards
+    if scorers is not None and len(scorers) != len(tasks):
+        raise ValueError(f"{len(scorers)} scorers for {len(tasks)} tasks")
+    for i, task in enumerate(tqdm(tasks, desc=desc, disable=not progress, leave=False)):
+        # a copy runs: the caller's task keeps its budget and its prefix cache afterwards
         task = copy.copy(task)
-        key = reuse.attach(task)
         name = choose_method(task.n_features, method)
+        if name not in REGISTRY:
+            raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of {', '.join(method_choices())}.")
+        cls = REGISTRY[name]
         cap = task.max_evals
         if method == "auto":
-            task.max_evals = auto_budget(name, task.n_features, task.max_evals)
-        if name not in REGISTRY:
-            raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of auto, {', '.join(sorted(REGISTRY))}.")
-        if name == "exact" and task.n_features > MAX_EXACT_FEATURES:
-            raise ConfigError(f"method='exact' cannot explain {task.n_features} input tokens (2^{task.n_features} evaluations).",
-                              f"Use method='sampling' or 'auto' for inputs over {MAX_EXACT_FEATURES} tokens.")
+            task.max_evals = cls.auto_budget(task.n_features, task.max_evals)
+        if cls.max_features is not None and task.n_features > cls.max_features:
+            raise ConfigError(f"method={name!r} cannot explain {task.n_features} features (at most {cls.max_features}; "
+                              f"its budget: {cls.budget}).", f"Use method='auto' or 'quadrature' for inputs over "
+                              f"{cls.max_features} features.")
+        if cls.needs_weights and getattr(task.model, "is_remote", False):
+            raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention, shap's own model "
+                              "wrapper), which a model behind an API does not expose.",
+                              "Use a SHAP method (auto, quadrature, kernel, ...) for a remote model.")
+        estimator = cls(cls.make_options(task.options, strict=False))
         target = task.precision if task.precision is not None else (auto_precision(task.model) if method == "auto"
                                                                     else None)
-        if not REGISTRY[name].is_shap and getattr(task.model, "is_remote", False):
-            raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention), which a model behind "
-                              "an API does not expose.", "Use a SHAP method (auto, quadrature, kernel, ...) for a remote model.")
         start = time.perf_counter()
-        if target is not None and name in ROUND_METHODS:
-            res = explain_to_precision(task, name, target, cap, first_budget=task.max_evals if method == "auto" else None)
+        if scorers is not None:
+            scorer = scorers[i]
+        else:
+            key = reuse.attach(task)
+            scorer = task.make_scorer() if cls.uses_scorer else None
+        if target is not None and cls.rounds:
+            res = explain_to_precision(task, scorer, estimator, target, cap,
+                                       first_budget=task.max_evals if method == "auto" else None)
             att, reached = res.attribution, res.precision
         else:
-            att = REGISTRY[name]().attribute(task)
+            att = estimator.attribute(task, scorer)
             reached = expected_rank_agreement(att.values, att.error_std, seed=task.seed) if att.error_std is not None \
-                else (1.0 if name == "exact" else float("nan"))
+                else (1.0 if cls.exact else float("nan"))
         seconds = time.perf_counter() - start
-        reuse.keep(key, task)
+        if scorers is None:
+            reuse.keep(key, scorer)
         explanations.append(to_explanation(task, att, seconds))
-        # the expected rank agreement of two runs (explainers.precision) and the evaluations it took
+        # the expected rank agreement of two runs (explainers.precision), the evaluations it took, the method that ran
         explanations[-1].precision, explanations[-1].n_evals, explanations[-1].method = reached, att.n_evals, name
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
@@ -221,15 +205,17 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     targets: the continuations to explain, as text or token ids; ``None`` generates them greedily.
     context: fixed text around each input, never masked: a template with ``{input}``, a
         ``(prefix, suffix)`` pair, or one of those per text.
-    method: ``auto`` (:func:`choose_method`), ``exact``, ``sampling`` (antithetic permutations),
-        ``kernel`` (paired KernelSHAP), ``hierarchical`` (chunks, then tokens) or ``partition``
-        (the shap library's path, kept as the reference); or a cheaper lens that is not SHAP:
+    method: any name of :func:`~shapshift.explainers.registry.method_choices`: ``auto``
+        (:func:`choose_method`), ``exact``, ``sampling`` (antithetic permutations), ``kernel`` (paired
+        KernelSHAP), ``quadrature``, ``hierarchical`` (chunks, then tokens) or ``partition`` (the shap
+        library's path, kept as the reference); or a cheaper lens that is not SHAP:
         ``input_x_gradient``, ``integrated_gradients`` (Captum, on the input embeddings, w.r.t. the
-        same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``.
+        same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``; or any
+        estimator registered since (:mod:`shapshift.explainers.registry`).
     score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
     masking: ``auto`` (default: ``attention``, or ``delete`` for a model behind an API), ``attention``, ``delete`` or
-        ``replace`` (``partition`` always uses shap's
-        ``Text`` masker, which writes ``...`` for masked tokens).
+        ``replace``; ``partition`` masks only with shap's ``Text`` masker (``shap_text``: ``...`` for masked
+        tokens), so with it ``masking`` must be ``auto`` or ``shap_text``.
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: the first round uses ``4n + 2`` when that is less).
     precision: explain until two independent runs would rank the tokens alike at this expected
@@ -241,7 +227,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
     options: method settings, e.g. ``{"n_steps": 64}`` for ``integrated_gradients``, ``{"rollout": True}``
-        for ``attention``, ``{"fanout": 4}`` for ``hierarchical``.
+        for ``attention``, ``{"fanout": 4}`` for ``hierarchical`` (each estimator's ``Options``; a key
+        no method of the call takes is an error that lists them).
 
     Every default is the run configuration's (:class:`shapshift.config.ExplainConfig` and
     :class:`~shapshift.config.GenerationConfig`), and the arguments are checked by the same validation.
@@ -254,9 +241,13 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     fully masked score), ``data`` the input tokens, ``output_names`` the target tokens;
     ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
     """
-    # a lens is checked here, the SHAP estimators by the run configuration's validation
-    ExplainConfig(method=_EX.method if method in LENS_METHODS else method, score=score, masking=masking,
-                  max_evals=max_evals, batch_size=batch_size, seed=seed, precision=precision, unit=unit).validate()
+    # the run configuration's validation; a lens's options are checked against the lens alone
+    lens = method in lens_methods()
+    ExplainConfig(method=_EX.method if lens else method, score=score, masking=masking, max_evals=max_evals,
+                  batch_size=batch_size, seed=seed, precision=precision, unit=unit,
+                  options={} if lens else dict(options or {})).validate()
+    if lens:
+        validate_options([method], dict(options or {}))
     if targets is None:
         GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
     if isinstance(texts, str | PromptParts):  # one text given alone

@@ -7,7 +7,7 @@ probabilities (read with the ``eager`` attention implementation, whose softmax w
 returns with ``output_attentions``), averaged over the heads of the last layer. A column sums to at
 most 1: the rest of the attention goes to the fixed context and to earlier target tokens.
 
-``attention_rollout`` (or ``task.options["rollout"] = True``) is attention rollout (Abnar & Zuidema
+``attention_rollout`` (or ``options={"rollout": True}`` for ``attention``) is attention rollout (Abnar & Zuidema
 2020): every layer's head-averaged attention mixed with the residual stream, ``0.5 A + 0.5 I``,
 multiplied through the layers from the first to the last; the same rows and columns are read.
 
@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
 from ..models import model_device
-from .base import Attribution, Estimator, ExplainTask, register
+from .base import Attribution, ExplainTask
+from .registry import Estimator, NoOptions, register
 
 
 @contextmanager
@@ -67,6 +69,13 @@ def predictor_slots(task: ExplainTask) -> np.ndarray:
     return len(task.prompt.ids) - 1 + np.arange(len(task.target_ids))
 
 
+@dataclass(frozen=True)
+class AttentionOptions:
+    """``rollout``: attention rollout through every layer instead of the last layer's attention."""
+
+    rollout: bool = False
+
+
 @register
 class AttentionLens(Estimator):
     """Last-layer attention, averaged over heads, from each target's predicting position to the input tokens."""
@@ -74,12 +83,19 @@ class AttentionLens(Estimator):
     name = "attention"
     is_shap = False
     deterministic = True
-    rollout = False
+    Options = AttentionOptions
+    budget = "ignored: one forward pass"
+    uses_scorer = False
+    needs_weights = True
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    @property
+    def rollout(self) -> bool:
+        return bool(getattr(self.options, "rollout", False))
+
+    def attribute(self, task: ExplainTask, scorer=None) -> Attribution:
         ids = list(task.prompt.ids) + list(task.target_ids[:-1])
         maps = attention_maps(task.model, ids)
-        matrix = rollout(maps) if self.rollout or task.options.get("rollout") else maps[-1].mean(0)
+        matrix = rollout(maps) if self.rollout else maps[-1].mean(0)
         start = len(task.prompt.prefix_ids)
         rows = matrix[torch.as_tensor(predictor_slots(task), device=matrix.device)]  # (n_out, L)
         values = task.pool(rows[:, start:start + task.n_tokens].double().cpu().numpy().T)  # a word: its tokens' sum
@@ -92,4 +108,8 @@ class AttentionRolloutLens(AttentionLens):
     """Attention rollout through all layers (Abnar & Zuidema 2020), read like :class:`AttentionLens`."""
 
     name = "attention_rollout"
-    rollout = True
+    Options = NoOptions
+
+    @property
+    def rollout(self) -> bool:
+        return True

@@ -1,9 +1,11 @@
-"""What every estimator shares: the task it is given, the attribution it returns, the registry."""
+"""What every estimator shares: the task it is given, its scorer, the attribution it returns.
+
+The estimator classes and their registry are in :mod:`shapshift.explainers.registry`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,7 +20,8 @@ class ExplainTask:
     """One example to explain: the prompt split around its features, and the target token ids.
 
     ``max_evals`` is the budget in model evaluations (masked inputs) for sampling estimators;
-    ``options`` holds estimator-specific settings (e.g. ``fanout`` of ``hierarchical``).
+    ``options`` holds the estimators' settings (e.g. ``fanout`` of ``hierarchical``), from which
+    each estimator takes the ones it declares (:class:`~shapshift.explainers.registry.Estimator`).
     """
 
     model: PreTrainedModel
@@ -69,9 +72,13 @@ class ExplainTask:
         tokens = token_strings(self.tokenizer, self.prompt.input_ids)
         return [[tokens[i] for i in g] for g in self.groups]
 
-    @cached_property
-    def scorer(self) -> Any:
-        """Scores ``(m, n_out)`` of coalitions ``(m, n_features)`` of the features (see TeacherForcedScorer)."""
+    def make_scorer(self) -> Any:
+        """A new scorer of this task: scores ``(m, n_out)`` of coalitions ``(m, n_features)`` of the features.
+
+        The local teacher-forced scorer (:class:`shapshift.scoring.TeacherForcedScorer`; a remote model's
+        own), seen through the feature groups; it runs the fixed prefix once when it is built (or takes
+        ``prefix_cache``). :func:`~shapshift.explainers.explain_tasks` builds one per task and passes it.
+        """
         scorer = make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
                              batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
         return scorer if self.groups is None else GroupedScorer(scorer, self.groups, len(self.prompt.input_ids))
@@ -117,42 +124,19 @@ class Attribution:
     extras: dict[str, Any] = field(default_factory=dict)  # per-method facts for the stats (e.g. completeness_gap)
 
 
-class Estimator:
-    """Base class: one estimator with one ``attribute`` entry point.
-
-    ``is_shap``: the values are Shapley values (efficiency holds: ``base + Σ values = f(x)``); the
-    gradient and attention lenses set it False (their values mean something else, see their modules).
-    """
-
-    name: str = ""
-    deterministic: bool = True
-    is_shap: bool = True
-
-    def attribute(self, task: ExplainTask) -> Attribution:  # pragma: no cover - interface
-        raise NotImplementedError
+def scorer_attribution(scorer: Any, values: np.ndarray, base: np.ndarray, error_std: np.ndarray | None = None) -> Attribution:
+    """An attribution that counts ``scorer``'s evaluations and forward tokens."""
+    return Attribution(values=values, base_values=base, error_std=error_std, n_evals=scorer.n_evals,
+                       n_forward_tokens=getattr(scorer, "n_forward_tokens", 0))
 
 
-REGISTRY: dict[str, type[Estimator]] = {}
-
-
-def register(cls: type[Estimator]) -> type[Estimator]:
-    """Class decorator: make an estimator selectable by ``method=cls.name``."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def scorer_attribution(task: ExplainTask, values: np.ndarray, base: np.ndarray, error_std: np.ndarray | None = None) -> Attribution:
-    return Attribution(values=values, base_values=base, error_std=error_std, n_evals=task.scorer.n_evals,
-                       n_forward_tokens=task.scorer.n_forward_tokens)
-
-
-def endpoints(task: ExplainTask) -> tuple[np.ndarray, np.ndarray]:
+def endpoints(task: ExplainTask, scorer: Any) -> tuple[np.ndarray, np.ndarray]:
     """Scores ``(n_out,)`` of the fully masked and the full input: the base value and efficiency's total."""
     n = task.n_features
-    ends = task.scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
+    ends = scorer(np.stack([np.zeros(n, bool), np.ones(n, bool)]))
     return ends[0], ends[1]
 
 
-def single_feature(task: ExplainTask, empty: np.ndarray, full: np.ndarray) -> Attribution:
+def single_feature(scorer: Any, empty: np.ndarray, full: np.ndarray) -> Attribution:
     """One feature: its value is the whole difference, exactly."""
-    return scorer_attribution(task, (full - empty)[None, :], empty, np.zeros((1, len(full))))
+    return scorer_attribution(scorer, (full - empty)[None, :], empty, np.zeros((1, len(full))))

@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 
-from .base import Attribution, Estimator, ExplainTask, register, scorer_attribution
+from .base import Attribution, ExplainTask, scorer_attribution
+from .registry import Estimator, register
 
+#: The most features ``exact`` explains (``2^16`` evaluations).
 MAX_EXACT_FEATURES = 16
 
 
@@ -35,11 +37,15 @@ class ExactExplainer(Estimator):
     """Every coalition scored once: ``2^n`` masked inputs. Deterministic; the reference for the others."""
 
     name = "exact"
+    exact = True
+    budget = "ignored: 2^n evaluations, always"
+    max_features = MAX_EXACT_FEATURES
+    auto_order, auto_max_features = 0, 5  # auto: up to 5 features, 2^n is no more than the others' budget
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
         if n > MAX_EXACT_FEATURES:
             raise ValueError(f"exact Shapley values need 2^{n} model evaluations; use method='sampling' "
                              f"for inputs over {MAX_EXACT_FEATURES} tokens")
-        v = task.scorer(all_coalitions(n))
-        return scorer_attribution(task, shapley_from_table(v, n), v[0])
+        v = scorer(all_coalitions(n))
+        return scorer_attribution(scorer, shapley_from_table(v, n), v[0])

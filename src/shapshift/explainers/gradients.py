@@ -31,15 +31,20 @@ first-order Taylor estimate of ``f(x) - f(0)`` (exact for a linear model); its `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..scoring import token_scores
-from .base import Attribution, Estimator, ExplainTask, register
+from .base import Attribution, ExplainTask
+from .registry import Estimator, register
 
 #: Integrated gradients' default number of interpolation points (Gauss–Legendre, as Captum's default method).
 IG_STEPS = 32
-#: Integrated gradients' default reference input (``task.options["baseline"]``): every input token's embedding
+#: Integrated gradients' default reference input (option ``baseline``): every input token's embedding
 #: replaced by the pad token's. The all-zero embedding converges far more slowly on models that normalise their
 #: input (RMSNorm is scale-invariant, so the path from zero bends sharply near it): on two SST-2 prompts with
 #: SmolLM2 the gap at 32 steps was 125-480 % of |f(x) - f(baseline)| from zero and 23-44 % from the pad token.
@@ -57,9 +62,9 @@ class EmbeddingScore(torch.nn.Module):
     cache, :class:`shapshift.scoring.TeacherForcedScorer`).
     """
 
-    def __init__(self, task: ExplainTask) -> None:
+    def __init__(self, task: ExplainTask, scorer: Any) -> None:
         super().__init__()
-        scorer = task.scorer  # holds the prefix cache (and the model's forward conventions)
+        # the task's teacher-forced scorer holds the prefix cache (and the model's forward conventions)
         self.task, self.scorer = task, scorer
         self.model = task.model
         device = scorer.device
@@ -98,16 +103,16 @@ class EmbeddingScore(torch.nn.Module):
         return token_scores(logits, self.targets.unsqueeze(0).expand(b, -1), self.task.score)
 
 
-def baseline_embeddings(task: ExplainTask, f: EmbeddingScore, kind: str) -> torch.Tensor:
+def baseline_embeddings(f: EmbeddingScore, kind: str) -> torch.Tensor:
     """The reference input ``(1, n_in, d)``: ``zero``, ``pad`` (every input token replaced by the pad token's
     embedding, the token of ``replace`` masking) or ``mean`` (the mean token embedding)."""
     if kind == "zero":
         return torch.zeros_like(f.features)
-    table = task.model.get_input_embeddings().weight.detach()
+    table = f.model.get_input_embeddings().weight.detach()
     if kind == "mean":
         row = table.mean(0)
     elif kind == "pad":
-        row = table[task.scorer.mask_token_id]
+        row = table[f.scorer.mask_token_id]
     else:
         raise ValueError(f"options['baseline']={kind!r} is not zero, pad or mean")
     return row.to(f.features.dtype).expand_as(f.features).clone()
@@ -133,18 +138,19 @@ def _per_target(attr: torch.Tensor) -> np.ndarray:
 class _GradientLens(Estimator):
     is_shap = False
     deterministic = True
+    needs_weights = True
 
     def _run(self, task: ExplainTask, f: EmbeddingScore, x: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def baseline(self, task: ExplainTask) -> str:
+    def baseline(self) -> str:
         """Input × gradient is a first-order expansion around the zero embedding: its reference is always zero."""
         return "zero"
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer: Any) -> Attribution:
         with torch.enable_grad():
-            f = EmbeddingScore(task)
-            baseline = baseline_embeddings(task, f, self.baseline(task))
+            f = EmbeddingScore(task, scorer)
+            baseline = baseline_embeddings(f, self.baseline())
             x = f.features.detach().repeat(f.n_out, 1, 1).requires_grad_()  # one row per target token
             attr = self._run(task, f, x, baseline)
         base, full = _endpoints(f, baseline)
@@ -152,7 +158,7 @@ class _GradientLens(Estimator):
         gap = full - base - values.sum(axis=0)
         extras = {"completeness_gap": gap, "score_full": full, "score_baseline": base}
         return Attribution(values=values, base_values=base, n_evals=self.n_evals(task, f.n_out),
-                           n_forward_tokens=f.n_forward_tokens + task.scorer.n_forward_tokens, extras=extras)
+                           n_forward_tokens=f.n_forward_tokens + scorer.n_forward_tokens, extras=extras)
 
     def n_evals(self, task: ExplainTask, n_out: int) -> int:
         return n_out
@@ -163,6 +169,7 @@ class InputXGradientLens(_GradientLens):
     """Input × gradient (Captum ``InputXGradient``) of each target's score w.r.t. the input embeddings."""
 
     name = "input_x_gradient"
+    budget = "ignored: one forward and backward pass per target token"
 
     def _run(self, task, f, x, baseline):
         from captum.attr import InputXGradient
@@ -170,21 +177,39 @@ class InputXGradientLens(_GradientLens):
         return InputXGradient(f).attribute(x, target=list(range(f.n_out)))
 
 
+@dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    """``n_steps``: interpolation points (Gauss–Legendre); ``baseline``: the reference, ``pad``, ``zero`` or ``mean``."""
+
+    n_steps: int = IG_STEPS
+    baseline: str = IG_BASELINE
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise ConfigError(f"integrated_gradients' n_steps={self.n_steps} must be at least 1.",
+                              f"Use e.g. n_steps={IG_STEPS} (the default); more steps, a smaller completeness gap.")
+        if self.baseline not in ("pad", "zero", "mean"):
+            raise ConfigError(f"integrated_gradients' baseline={self.baseline!r} is not pad, zero or mean.",
+                              f"Use baseline={IG_BASELINE} (the default: the pad token's embedding at every input slot).")
+
+
 @register
 class IntegratedGradientsLens(_GradientLens):
     """Integrated gradients (Captum ``IntegratedGradients``) from a reference to the input embeddings.
 
-    ``task.options["n_steps"]`` interpolation points (default :data:`IG_STEPS`), Gauss–Legendre;
-    ``task.options["baseline"]``: ``pad`` (default, :data:`IG_BASELINE`), ``zero`` or ``mean``.
+    Options: ``n_steps`` interpolation points (default :data:`IG_STEPS`), Gauss–Legendre; ``baseline``:
+    ``pad`` (default, :data:`IG_BASELINE`), ``zero`` or ``mean``.
     """
 
     name = "integrated_gradients"
+    Options = IntegratedGradientsOptions
+    budget = "ignored: n_steps forward and backward passes per target token"
 
-    def baseline(self, task: ExplainTask) -> str:
-        return str(task.options.get("baseline", IG_BASELINE))
+    def baseline(self) -> str:
+        return self.options.baseline
 
     def steps(self, task: ExplainTask) -> int:
-        return int(task.options.get("n_steps", IG_STEPS))
+        return self.options.n_steps
 
     def _run(self, task, f, x, baseline):
         from captum.attr import IntegratedGradients

@@ -29,15 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import (
-    Attribution,
-    Estimator,
-    ExplainTask,
-    endpoints,
-    register,
-    scorer_attribution,
-)
+from ..errors import ConfigError
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution
 from .exact import all_coalitions, shapley_from_table
+from .registry import Estimator, register
 
 #: Children per span (a span costs ``2^fanout`` evaluations per context).
 DEFAULT_FANOUT = 4
@@ -107,21 +102,32 @@ def _share_residual(values: np.ndarray, target: np.ndarray) -> np.ndarray:
     return values + share * residual
 
 
+@dataclass(frozen=True)
+class HierarchicalOptions:
+    """``fanout``: children per span (2 or more; a span costs ``2^fanout`` evaluations per context)."""
+
+    fanout: int = DEFAULT_FANOUT
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.fanout <= 12:
+            raise ConfigError(f"hierarchical's fanout={self.fanout} must be between 2 and 12 "
+                              "(a span costs 2^fanout evaluations).", f"Use e.g. fanout={DEFAULT_FANOUT} (the default).")
+
+
 @register
 class HierarchicalExplainer(Estimator):
     """Sentences/chunks, then tokens inside the chunks that matter, within ``task.max_evals``; exact efficiency."""
 
     name = "hierarchical"
+    Options = HierarchicalOptions
+    budget = "evaluations, the empty and full input included; spans beyond it keep their value spread evenly"
+    auto_order = 2  # auto: beyond quadrature's 64 features
 
-    def __init__(self, fanout: int | None = None) -> None:
-        self.fanout = fanout
-
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
-        fanout = int(self.fanout or task.options.get("fanout", DEFAULT_FANOUT))
+        fanout = self.options.fanout
         tokens = task.feature_strings
-        scorer = task.scorer
-        empty, full = endpoints(task)
+        empty, full = endpoints(task, scorer)
         known = {np.zeros(n, bool).tobytes(): empty, np.ones(n, bool).tobytes(): full}
         budget = max(0, task.max_evals - 2)
         root = Span(0, n, full - empty)
@@ -163,8 +169,7 @@ class HierarchicalExplainer(Estimator):
         values = np.zeros((n, len(full)))
         for span in leaves:
             values[span.start:span.stop] = span.value / span.size
-        att = scorer_attribution(task, values, empty)
-        return att
+        return scorer_attribution(scorer, values, empty)
 
     @staticmethod
     def _plan(span: Span, tokens: list[str], fanout: int, n: int) -> tuple[list[tuple[int, int]], list[np.ndarray]]:

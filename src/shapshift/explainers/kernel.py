@@ -27,15 +27,8 @@ from itertools import combinations
 
 import numpy as np
 
-from .base import (
-    Attribution,
-    Estimator,
-    ExplainTask,
-    endpoints,
-    register,
-    scorer_attribution,
-    single_feature,
-)
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
+from .registry import Estimator, register
 
 #: Bootstrap replicates of the standard error (fewer for very wide inputs, whose solves are slower).
 N_BOOTSTRAP = 100
@@ -157,19 +150,22 @@ class KernelExplainer(Estimator):
 
     name = "kernel"
     deterministic = False
+    budget = "evaluations, the empty and full input included"
+    rounds = True
+    auto_evals_per_feature = 4  # what auto would give it: 4n + 2 (as quadrature)
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
         rng = np.random.default_rng(task.seed)
-        empty, full = endpoints(task)
+        empty, full = endpoints(task, scorer)
         if n == 1:
-            return single_feature(task, empty, full)
+            return single_feature(scorer, empty, full)
         masks, w, pairs = kernel_design(n, max(2, task.max_evals - 2), rng)
-        v = task.scorer(masks)
+        v = scorer(masks)
         z, y, delta = masks.astype(np.float64), v - empty, full - empty
         values = constrained_wls(z, y, w, delta)
         err = SE_CALIBRATION * bootstrap_std(z, y, w, pairs, delta, rng, N_BOOTSTRAP if n <= 200 else 20)
-        return scorer_attribution(task, values, empty, err)
+        return scorer_attribution(scorer, values, empty, err)
 
 
 def bootstrap_std(z: np.ndarray, y: np.ndarray, w: np.ndarray, pairs: np.ndarray, delta: np.ndarray,

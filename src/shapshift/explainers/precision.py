@@ -10,7 +10,8 @@ values plus independent normal errors of the reported standard errors
 :func:`explain_to_precision` runs a sampling estimator at a first budget, then at budgets growing by
 :data:`GROWTH` until the predicted precision reaches the target or ``max_evals`` is spent. Every
 coalition scored in an earlier round is looked up, not scored again (:class:`CachingScorer`); the
-estimators that support rounds (:data:`ROUND_METHODS`) draw the same coalitions first for the same
+estimators that support rounds (``rounds`` in their registry entry,
+:func:`~shapshift.explainers.registry.round_methods`) draw the same coalitions first for the same
 seed, so a round costs only the coalitions it adds.
 """
 
@@ -20,16 +21,16 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
-from .base import REGISTRY, Attribution, ExplainTask
+from .base import Attribution, ExplainTask
+from .registry import REGISTRY, Estimator, round_methods
 
 log = logging.getLogger(__name__)
 
-#: Estimators that can be run to a precision (they report standard errors).
-ROUND_METHODS = ("quadrature", "kernel", "sampling")
 #: Each round's budget is the previous one times this (at least ``2n`` more evaluations).
 GROWTH = 1.5
 #: Simulated pairs of runs behind one precision estimate.
@@ -119,25 +120,26 @@ class PrecisionResult:
     budget: int
 
 
-def explain_to_precision(task: ExplainTask, method: str, target: float, max_evals: int,
+def explain_to_precision(task: ExplainTask, scorer: Any, method: str | Estimator, target: float, max_evals: int,
                          first_budget: int | None = None) -> PrecisionResult:
-    """Run ``method`` in rounds of growing budget until its predicted precision reaches ``target`` or ``max_evals``.
+    """Run ``method`` (a name or a built estimator) in rounds of growing budget, scoring with ``scorer``, until
+    its predicted precision reaches ``target`` or ``max_evals``.
 
     ``first_budget``: the first round's evaluations (default ``4n + 2``, at most ``max_evals``).
     The attribution's ``n_evals`` counts every distinct coalition scored over all rounds.
     """
-    if method not in ROUND_METHODS:
-        raise ValueError(f"{method!r} cannot be run to a precision; use one of {', '.join(ROUND_METHODS)}")
+    estimator = REGISTRY[method]() if isinstance(method, str) and method in REGISTRY else method
+    if not isinstance(estimator, Estimator) or not estimator.rounds:
+        raise ValueError(f"{method!r} cannot be run to a precision; use one of {', '.join(round_methods())}")
     n = task.n_features
-    cache = CachingScorer(task.scorer)
+    cache = CachingScorer(scorer)
     budget = min(max_evals, first_budget or 4 * n + 2)
     rounds = 0
     while True:
         rounds += 1
         run = copy.copy(task)
         run.max_evals = budget
-        run.__dict__["scorer"] = cache
-        att = REGISTRY[method]().attribute(run)
+        att = estimator.attribute(run, cache)
         att.n_evals = cache.n_evals
         precision = expected_rank_agreement(att.values, att.error_std, seed=task.seed)
         log.debug("round %d: %d evaluations, precision %.3f", rounds, cache.n_evals, precision)

@@ -32,17 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import (
-    Attribution,
-    Estimator,
-    ExplainTask,
-    endpoints,
-    register,
-    scorer_attribution,
-    single_feature,
-)
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
 from .exact import all_coalitions, shapley_from_table
 from .kernel import KernelExplainer
+from .registry import Estimator, register
 
 #: Random candidate coalitions per chosen pair (the one adding most information is kept).
 CANDIDATES = 16
@@ -163,28 +156,32 @@ class QuadratureExplainer(Estimator):
 
     name = "quadrature"
     deterministic = False
+    budget = "evaluations, the empty and full input included (below 2n + 2: kernel's)"
+    rounds = True
+    auto_order, auto_max_features = 1, 64  # auto: from 6 to 64 features, in precision rounds
+    auto_evals_per_feature = 4  # auto's first round: 4n + 2 (leave-one-in/out and about as many again)
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
         if n <= 16 and task.max_evals >= 2**n:  # everything affordable: exact, no error
-            v = task.scorer(all_coalitions(n))
-            return scorer_attribution(task, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
+            v = scorer(all_coalitions(n))
+            return scorer_attribution(scorer, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
         if n < 4 or task.max_evals < 2 * n + 2:
-            return KernelExplainer().attribute(task)
+            return KernelExplainer().attribute(task, scorer)
         rng = np.random.default_rng(task.seed)
-        empty, full = endpoints(task)
+        empty, full = endpoints(task, scorer)
         if n == 1:  # pragma: no cover - handled by the branches above
-            return single_feature(task, empty, full)
+            return single_feature(scorer, empty, full)
         eye = np.eye(n, dtype=bool)
-        ends = task.scorer(np.concatenate([eye, ~eye]))
+        ends = scorer(np.concatenate([eye, ~eye]))
         d1, dn1 = end_effects(ends[:n], ends[n:])
         delta = full - empty
         x = pair_design(n, (task.max_evals - 2 - 2 * n) // 2, rng)
         if not len(x):
             line = (d1 + dn1) / 2
-            return scorer_attribution(task, delta / n + (n - 1) / n * line, empty, np.full(d1.shape, np.nan))
-        v = task.scorer(np.concatenate([x, ~x]))
+            return scorer_attribution(scorer, delta / n + (n - 1) / n * line, empty, np.full(d1.shape, np.nan))
+        v = scorer(np.concatenate([x, ~x]))
         vx, vc = v[: len(x)], v[len(x):]
         values = quadrature_values(x, vx, vc, d1, dn1, delta)
         err = SE_INFLATION * jackknife_std(x, vx, vc, d1, dn1, delta)
-        return scorer_attribution(task, values, empty, err)
+        return scorer_attribution(scorer, values, empty, err)

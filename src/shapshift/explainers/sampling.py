@@ -14,15 +14,8 @@ import logging
 
 import numpy as np
 
-from .base import (
-    Attribution,
-    Estimator,
-    ExplainTask,
-    endpoints,
-    register,
-    scorer_attribution,
-    single_feature,
-)
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
+from .registry import Estimator, register
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +34,15 @@ class SamplingExplainer(Estimator):
 
     name = "sampling"
     deterministic = False
+    budget = "evaluations: whole antithetic pairs of permutations, 2(n - 1) each (one pair at least)"
+    rounds = True
 
-    def attribute(self, task: ExplainTask) -> Attribution:
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
         rng = np.random.default_rng(task.seed)
-        empty, full = endpoints(task)
+        empty, full = endpoints(task, scorer)
         if n == 1:
-            return single_feature(task, empty, full)
+            return single_feature(scorer, empty, full)
         n_pairs = max(1, (task.max_evals - 2) // (2 * (n - 1)))
         if 2 + 2 * (n - 1) > task.max_evals:
             log.warning("sampling needs at least %d evaluations for %d tokens (one antithetic pair); "
@@ -57,7 +52,7 @@ class SamplingExplainer(Estimator):
             order = rng.permutation(n)
             orders += [order, order[::-1]]
         masks = np.concatenate([permutation_masks(o) for o in orders])
-        v = task.scorer(masks).reshape(len(orders), n - 1, -1)
+        v = scorer(masks).reshape(len(orders), n - 1, -1)
         samples = np.empty((len(orders), n, v.shape[-1]))
         for p, order in enumerate(orders):
             chain = np.concatenate([empty[None], v[p], full[None]])  # values after 0..n features
@@ -65,4 +60,4 @@ class SamplingExplainer(Estimator):
         pair_means = samples.reshape(n_pairs, 2, n, -1).mean(axis=1)
         values = pair_means.mean(axis=0)
         err = pair_means.std(axis=0, ddof=1) / np.sqrt(n_pairs) if n_pairs > 1 else np.full_like(values, np.nan)
-        return scorer_attribution(task, values, empty, err)
+        return scorer_attribution(scorer, values, empty, err)

@@ -20,13 +20,14 @@ def estimate_cost(tasks: Sequence[Any], method: str) -> dict[str, int]:
     length at most; prompts the model's cache already holds, or that repeat, are not sent, so the
     real count (``RemoteModel.usage``) is lower.
     """
-    from ..explainers.api import auto_budget, choose_method
+    from ..explainers.registry import REGISTRY, choose_method
 
     requests = tokens = 0
     for task in tasks:
         name = choose_method(task.n_features, method)
-        budget = 2**task.n_features if name == "exact" else (
-            auto_budget(name, task.n_features, task.max_evals) if method == "auto" else task.max_evals)
+        cls = REGISTRY[name]
+        budget = 2**task.n_features if cls.exact else (
+            cls.auto_budget(task.n_features, task.max_evals) if method == "auto" else task.max_evals)
         n = budget + 2
         requests += n
         tokens += n * (len(task.prompt.ids) + len(task.target_ids))
