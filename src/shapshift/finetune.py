@@ -215,7 +215,7 @@ def _train(model: PreTrainedModel, examples: list[dict[str, Any]], cfg: Finetune
 
     Returns (trained copy, per-step losses, seconds, LoRA target modules or None).
     """
-    from transformers import Trainer, set_seed
+    from transformers import PrinterCallback, Trainer, set_seed
 
     device = model_device(model)
     set_seed(seed)  # the LoRA weights' initialisation too, not only Trainer's
@@ -228,6 +228,7 @@ def _train(model: PreTrainedModel, examples: list[dict[str, Any]], cfg: Finetune
     with tempfile.TemporaryDirectory(prefix="shapshift-trainer-") as folder:
         trainer = Trainer(model=work, args=_training_args(cfg, seed, micro, device, folder, progress),
                           train_dataset=examples, data_collator=functools.partial(collate, pad_id=pad_id))
+        trainer.remove_callback(PrinterCallback)  # it prints each step's log to stdout without a progress bar
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
