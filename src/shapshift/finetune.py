@@ -1,9 +1,9 @@
 """LoRA (peft) and full fine-tuning of a causal LM on the train split, with the loss on target tokens only.
 
-:func:`finetune` never touches the caller's model: it trains a deep copy. LoRA adapters are merged
-into that copy, so the returned model is a plain ``PreTrainedModel`` that scores like any other;
-the adapter weights (a few MB) stay in the result and are saved to ``out_dir/adapter`` (full
-fine-tuning: the weights to ``out_dir/model``), next to ``training_log.json``.
+:func:`finetune` never touches the caller's model: ``transformers.Trainer`` trains a deep copy.
+The adapter is saved with ``PeftModel.save_pretrained`` to ``out_dir/adapter`` (full fine-tuning:
+the weights to ``out_dir/model``), next to ``training_log.json``, and then merged into the copy,
+so the returned model is a plain ``PreTrainedModel`` that scores like any other.
 :func:`load_finetuned` rebuilds the same model from those files.
 
 A training example is ``prompt ids + target ids`` (the prompt encoded as the explainer encodes it,
@@ -11,6 +11,9 @@ part by part with :func:`shapshift.prompting.encode_prompt`); its labels are ``-
 and the target ids on the target, so only the answer is learned.
 :func:`evaluate_task` scores held-out rows teacher-forced: accuracy over the label texts and the
 mean target log-probability.
+
+(Over 400 lines because building the examples, training and evaluating share one prompt encoding
+and truncation, :func:`_prompt_ids` and :func:`_fit`; the LoRA target choice is in :mod:`shapshift.lora`.)
 """
 
 from __future__ import annotations
