@@ -8,20 +8,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import tiny as tiny_arch
 
 from shapshift.config import DataConfig, FinetuneConfig
 from shapshift.errors import ArtifactError, ConfigError, DataError, ShapshiftError
 from shapshift.finetune import (
     IGNORE_INDEX,
     build_training_examples,
-    check_target_modules,
-    default_target_modules,
     evaluate_task,
     finetune,
     load_finetuned,
     sequence_logprobs,
     task_labels,
 )
+from shapshift.lora import check_target_modules, default_target_modules
 from shapshift.models import load_model, tiny_gpt_neo
 from shapshift.prompting import build_prompt, encode_prompt
 
@@ -191,6 +191,37 @@ def test_full_finetuning_runs_saves_and_reloads(tiny, tmp_path):
     torch.testing.assert_close(_logits(reloaded, tok), _logits(result.model, tok), atol=1e-5, rtol=0)
     with pytest.raises(ArtifactError, match="adapter"):
         load_finetuned(model, tmp_path, _cfg(method="lora"))
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_first_step_loss_is_the_cross_entropy_of_the_target_tokens_only(tiny, method):
+    """Trainer's first logged loss, on one batch of every row, against a hand computation on the base model."""
+    model, tok = tiny
+    rows = _rows(tok)
+    result = finetune(model, tok, rows, _cfg(method=method, max_steps=1, batch_size=len(rows), learning_rate=1e-3),
+                      seed=0, progress=False)
+    total, n_target, n_all, total_all = 0.0, 0, 0, 0.0
+    for ex in build_training_examples(tok, rows, None):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ex["input_ids"]])).logits[0, :-1].double(), -1)
+        nll = -logp[torch.arange(len(ex["input_ids"]) - 1), torch.tensor(ex["input_ids"][1:])]
+        target = torch.tensor(ex["labels"][1:]) != IGNORE_INDEX
+        total, n_target = total + float(nll[target].sum()), n_target + int(target.sum())
+        total_all, n_all = total_all + float(nll.sum()), n_all + len(nll)
+    # at step 1 a LoRA model is the base model (B = 0); the loss counts target tokens only
+    assert result.losses[0] == pytest.approx(total / n_target, abs=1e-4)
+    assert abs(total / n_target - total_all / n_all) > 1e-2  # the prompt tokens would change it
+
+
+def test_lora_on_gpt2_conv1d_trains_and_reloads(tmp_path):
+    model, tok = tiny_arch("gpt2")
+    before = _snapshot(model)
+    result = finetune(model, tok, _rows(tok, repeat=2), _cfg(max_steps=3), seed=0, out_dir=tmp_path, progress=False)
+    assert result.target_modules == ["c_attn"] and result.losses[-1] < result.losses[0]
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+    assert not torch.allclose(_logits(result.model, tok), _logits(model, tok), atol=1e-5)
+    torch.testing.assert_close(_logits(load_finetuned(model, tmp_path, result.config), tok),
+                               _logits(result.model, tok), atol=1e-5, rtol=0)
 
 
 def _oom_above(model, limit: int):

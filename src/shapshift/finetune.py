@@ -1,9 +1,9 @@
 """LoRA (peft) and full fine-tuning of a causal LM on the train split, with the loss on target tokens only.
 
-:func:`finetune` never touches the caller's model: it trains a deep copy. LoRA adapters are merged
-into that copy, so the returned model is a plain ``PreTrainedModel`` that scores like any other;
-the adapter weights (a few MB) stay in the result and are saved to ``out_dir/adapter`` (full
-fine-tuning: the weights to ``out_dir/model``), next to ``training_log.json``.
+:func:`finetune` never touches the caller's model: ``transformers.Trainer`` trains a deep copy.
+The adapter is saved with ``PeftModel.save_pretrained`` to ``out_dir/adapter`` (full fine-tuning:
+the weights to ``out_dir/model``), next to ``training_log.json``, and then merged into the copy,
+so the returned model is a plain ``PreTrainedModel`` that scores like any other.
 :func:`load_finetuned` rebuilds the same model from those files.
 
 A training example is ``prompt ids + target ids`` (the prompt encoded as the explainer encodes it,
@@ -11,38 +11,44 @@ part by part with :func:`shapshift.prompting.encode_prompt`); its labels are ``-
 and the target ids on the target, so only the answer is learned.
 :func:`evaluate_task` scores held-out rows teacher-forced: accuracy over the label texts and the
 mean target log-probability.
+
+(Over 400 lines because building the examples, training and evaluating share one prompt encoding
+and truncation, :func:`_prompt_ids` and :func:`_fit`; the LoRA target choice is in :mod:`shapshift.lora`.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
-import math
 import os
-import re
+import random
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .backoff import halving
 from .config import FinetuneConfig
 from .errors import ArtifactError, ConfigError, DataError, ShapshiftError
+from .lora import wrap_lora
 from .models import model_device
 from .prompting import PromptParts, encode_prompt
-from .scoring import is_oom
+from .scoring import token_logprobs
 from .store import honour_umask, write_json
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -50,66 +56,6 @@ IGNORE_INDEX = -100
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 TRAINING_LOG = "training_log.json"
-
-#: LoRA targets per ``config.model_type``: the attention projections of each family.
-_TARGETS_BY_TYPE: dict[str, list[str]] = {
-    "gpt_neo": ["q_proj", "v_proj"],  # transformer.h.N.attn.attention.{q,v}_proj
-    "gpt2": ["c_attn"],  # fused qkv Conv1D
-    "gptj": ["q_proj", "v_proj"],
-    "gpt_neox": ["query_key_value"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
-}
-#: Fallback: leaf names that look like query/key/value projections.
-_QKV_NAME = re.compile(r"^(q|k|v|query|key|value|[qkv]_proj|qkv|qkv_proj|query_key_value|c_attn|Wqkv|W_pack)$")
-
-
-# -- target modules ---------------------------------------------------------------------------------
-def _adaptable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Full name → module for every Linear (and GPT-2 style Conv1D) layer."""
-    from transformers.pytorch_utils import Conv1D
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)}
-
-
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Distinct leaf names of the Linear/Conv1D layers (``q_proj``, ``c_fc``, ``lm_head`` …), sorted."""
-    return sorted({n.rsplit(".", 1)[-1] for n in _adaptable_layers(model)})
-
-
-def default_target_modules(model: torch.nn.Module) -> list[str]:
-    """LoRA target module names for ``model``'s architecture.
-
-    GPT-Neo: ``q_proj``, ``v_proj``; GPT-2: ``c_attn``; Llama-style: ``q_proj``, ``k_proj``,
-    ``v_proj``, ``o_proj``; other architectures: the Linear layers named like query/key/value.
-    """
-    leaves = set(linear_module_names(model))
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    known = _TARGETS_BY_TYPE.get(model_type or "")
-    if known and set(known) <= leaves:
-        return list(known)
-    found = sorted(n for n in leaves if _QKV_NAME.match(n))
-    if not found:
-        raise ConfigError(
-            f"Could not find attention projection layers for LoRA in this {model_type or type(model).__name__} model.",
-            f"Set adapt.finetune.target_modules to some of its Linear layer names: {', '.join(sorted(leaves))}.")
-    return found
-
-
-def check_target_modules(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
-    """Return ``names`` when each matches a Linear/Conv1D layer (by full name or last part(s)); else ConfigError."""
-    layers = list(_adaptable_layers(model))
-    missing = [t for t in names if not any(n == t or n.endswith("." + t) for n in layers)]
-    if missing or not names:
-        raise ConfigError(
-            f"adapt.finetune.target_modules names {missing or list(names)}, which this model does not have.",
-            f"Its Linear layer names are: {', '.join(linear_module_names(model))}; or set target_modules to null "
-            "for the architecture's default.")
-    return list(names)
-
 
 # -- training examples -------------------------------------------------------------------------------
 def _is_chat_prefix(prefix: str, tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -190,18 +136,20 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def collate(examples: Sequence[dict[str, Any]], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: ``input_ids``/``attention_mask``/``labels``, each ``(batch, length)``."""
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        attn[i, :n] = 1
-        labels[i, :n] = torch.tensor(e["labels"])
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "labels": labels.to(device)}
+def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: ``input_ids``/``attention_mask``/``labels``, each ``(batch, length)``.
+
+    The training data collator. (transformers' ``DataCollatorForSeq2Seq`` pads on the tokenizer's
+    side, which is the left for some chat models, and needs a pad token; right padding with the
+    EOS fallback of :func:`_pad_id` keeps every token at the position it has unpadded.)
+    """
+    def pad(key: str, value: int) -> torch.Tensor:
+        rows = [torch.as_tensor(e[key], dtype=torch.long) for e in examples]
+        return pad_sequence(rows, batch_first=True, padding_value=value)
+
+    ids = pad("input_ids", pad_id)
+    attn = pad_sequence([torch.ones(len(e["input_ids"]), dtype=torch.long) for e in examples], batch_first=True)
+    return {"input_ids": ids, "attention_mask": attn, "labels": pad("labels", IGNORE_INDEX)}
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -211,8 +159,8 @@ class FinetuneResult:
 
     ``model``: a plain model in eval mode (LoRA merged in), on the base model's device.
     ``losses``: mean target-token cross-entropy (nats/token) of each optimiser step.
-    ``seconds``: wall time of the training loop. ``batch_size``: the micro-batch that fit in memory.
-    ``adapter_state``/``peft_config``: the LoRA weights (CPU) and config, for :meth:`save`.
+    ``seconds``: wall time of ``Trainer.train``. ``batch_size``: the micro-batch that fit in memory
+    (gradients are accumulated over ``config.batch_size // batch_size`` of them per step).
     """
 
     model: PreTrainedModel
@@ -226,8 +174,6 @@ class FinetuneResult:
     batch_size: int
     target_modules: list[str] | None = None
     trainable_parameters: int = 0
-    adapter_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
-    peft_config: Any = field(default=None, repr=False)
 
     def training_log(self) -> dict[str, Any]:
         return {
@@ -237,92 +183,60 @@ class FinetuneResult:
             "losses": [float(x) for x in self.losses],
         }
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``adapter/`` (LoRA) or ``model/`` (full) and ``training_log.json`` under ``out_dir``."""
-        out_dir = Path(out_dir)
-        if self.method == "lora":
-            with _atomic_dir(out_dir / ADAPTER_DIR) as tmp:
-                _write_adapter(self.adapter_state or {}, self.peft_config, tmp)
-        else:
-            with _atomic_dir(out_dir / MODEL_DIR) as tmp:
-                self.model.save_pretrained(tmp)
-        write_json(self.training_log(), out_dir / TRAINING_LOG)
-        return out_dir
-
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch inside a forked RNG state, so the caller's global RNG is left as it was."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+def _own_rng() -> Iterator[None]:
+    """Leave the caller's RNGs (Python, numpy, torch CPU and CUDA) as they were: ``Trainer`` seeds them all."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
 
 
-def _wrap_lora(model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, list[str]]:
-    from peft import LoraConfig, get_peft_model
-    from transformers.pytorch_utils import Conv1D
+def _training_args(cfg: FinetuneConfig, seed: int, micro: int, device: torch.device, folder: str,
+                   progress: bool) -> TrainingArguments:
+    """The old hand loop's settings: AdamW (no weight decay), constant learning rate, gradients clipped at 1."""
+    from transformers import TrainingArguments
 
-    targets = check_target_modules(model, cfg.target_modules) if cfg.target_modules else default_target_modules(model)
-    layers = _adaptable_layers(model)
-    fan_in_fan_out = any(isinstance(m, Conv1D) for n, m in layers.items()
-                         if any(n == t or n.endswith("." + t) for t in targets))
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                      fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft calls deprecated transformers helpers; nothing for the user to do
-        warnings.simplefilter("ignore", FutureWarning)
-        return get_peft_model(model, lora), targets
-
-
-def _plan_batches(n: int, batch_size: int, epochs: int, max_steps: int | None, seed: int) -> list[np.ndarray]:
-    """Indices of each step's batch: seeded shuffles epoch after epoch; ``max_steps`` overrides ``epochs``."""
-    rng = np.random.default_rng(seed)
-    per_epoch = math.ceil(n / batch_size)
-    total = max_steps if max_steps is not None else epochs * per_epoch
-    batches: list[np.ndarray] = []
-    while len(batches) < total:
-        order = rng.permutation(n)
-        batches += [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    return batches[:total]
+    return TrainingArguments(
+        output_dir=folder, seed=seed, data_seed=seed, learning_rate=cfg.learning_rate, weight_decay=0.0,
+        optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1, num_train_epochs=cfg.epochs,
+        logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
+        remove_unused_columns=False, dataloader_pin_memory=device.type == "cuda", use_cpu=device.type == "cpu",
+        disable_tqdm=not progress)
 
 
-def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-          batch: list[dict[str, Any]], pad_id: int, micro: int, device: torch.device) -> tuple[float, int]:
-    """One optimiser step over ``batch`` in micro-batches of ``micro``, halving it on out-of-memory.
+def _train(model: PreTrainedModel, examples: list[dict[str, Any]], cfg: FinetuneConfig, *, seed: int, micro: int,
+           pad_id: int, progress: bool) -> tuple[torch.nn.Module, list[float], float, list[str] | None]:
+    """One attempt with micro-batches of ``micro``: a fresh seeded copy of ``model`` through ``Trainer``.
 
-    The loss is the summed target-token cross-entropy over the whole batch divided by its number of
-    target tokens, so splitting a batch into micro-batches gives the same gradient.
-    Returns (loss in nats/token, the micro-batch size used).
+    Returns (trained copy, per-step losses, seconds, LoRA target modules or None).
     """
-    n_tokens = max(1, sum(sum(1 for t in e["labels"][1:] if t != IGNORE_INDEX) for e in batch))
-    while True:
-        try:
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for start in range(0, len(batch), micro):
-                enc = collate(batch[start:start + micro], pad_id, device)
-                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), enc["labels"][:, 1:].flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
-                (loss / n_tokens).backward()
-                total += float(loss.detach())
-                del logits, loss
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            return total / n_tokens, micro
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if micro <= 1:
-                raise ShapshiftError(
-                    "Fine-tuning ran out of memory even with one example per batch.",
-                    "Lower adapt.finetune.max_length (or adapt.finetune.batch_size), use method lora "
-                    "instead of full, or a smaller model.") from None
-            micro = max(1, micro // 2)
-            log.warning("out of memory during fine-tuning; retrying the step with micro-batches of %d", micro)
+    from transformers import PrinterCallback, Trainer, set_seed
+
+    device = model_device(model)
+    set_seed(seed)  # the LoRA weights' initialisation too, not only Trainer's
+    work = copy.deepcopy(model)
+    targets = None
+    if cfg.method == "lora":
+        work, targets = wrap_lora(work, cfg)
+    else:
+        work.requires_grad_(True)
+    with tempfile.TemporaryDirectory(prefix="shapshift-trainer-") as folder:
+        trainer = Trainer(model=work, args=_training_args(cfg, seed, micro, device, folder, progress),
+                          train_dataset=examples, data_collator=functools.partial(collate, pad_id=pad_id))
+        trainer.remove_callback(PrinterCallback)  # it prints each step's log to stdout without a progress bar
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    return trainer.model, losses, seconds, targets
 
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: pd.DataFrame,
@@ -331,11 +245,14 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     """Fine-tune a deep copy of ``model`` on ``train`` rows (stage-1 columns), loss on target tokens only.
 
     ``cfg.method``: ``lora`` (peft, rank ``r``, ``alpha``, ``dropout``, ``target_modules`` or the
-    architecture's default) or ``full``. AdamW (no weight decay, gradient norm clipped at 1) with
-    ``learning_rate``; ``max_steps`` steps, or ``epochs`` passes over the rows in seeded shuffles.
-    The caller's ``model`` is never changed, nor torch's global RNG. With ``out_dir``, the adapter
-    or weights and ``training_log.json`` are written there (see :meth:`FinetuneResult.save`).
-    ``chat``: whether the prompt prefixes come from a chat template (None: detected per row).
+    architecture's default) or ``full``. ``transformers.Trainer`` with AdamW (no weight decay,
+    gradient norm clipped at 1) at a constant ``learning_rate``; ``max_steps`` steps, or ``epochs``
+    passes over the rows in seeded shuffles, ``batch_size`` rows per step. Out of memory restarts
+    training with micro-batches of a divisor of ``batch_size`` (gradients accumulated, so a step
+    still sees ``batch_size`` rows). The caller's ``model`` is never changed, nor the global RNGs.
+    With ``out_dir``, the adapter (``PeftModel.save_pretrained``) or weights and
+    ``training_log.json`` are written there. ``chat``: whether the prompt prefixes come from a chat
+    template (None: detected per row).
     """
     cfg.validate()
     if "split" in train.columns and (train["split"] == "explain").any():
@@ -348,44 +265,35 @@ def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, train: 
     dtype = next(model.parameters()).dtype
     if cfg.method == "full" and dtype in (torch.float16, torch.bfloat16):
         log.warning("full fine-tuning in %s is imprecise; consider model.dtype=float32 or method lora", dtype)
-    with _seeded(seed, device):
-        work = copy.deepcopy(model)
-        targets: list[str] | None = None
-        if cfg.method == "lora":
-            work, targets = _wrap_lora(work, cfg)
-        else:
-            work.requires_grad_(True)
-        params = [p for p in work.parameters() if p.requires_grad]
-        n_trainable = sum(p.numel() for p in params)
-        log.info("fine-tuning (%s) %d of %d parameters on %d examples", cfg.method, n_trainable,
-                 sum(p.numel() for p in work.parameters()), len(examples))
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-        batches = _plan_batches(len(examples), cfg.batch_size, cfg.epochs, cfg.max_steps, seed)
-        losses, micro, pad_id = [], cfg.batch_size, _pad_id(tokenizer)
-        work.train()
-        start = time.perf_counter()
-        bar = tqdm(batches, desc=f"fine-tune ({cfg.method})", unit="step", disable=not progress)
-        for i, idx in enumerate(bar):
-            loss, micro = _step(work, optimizer, params, [examples[j] for j in idx], pad_id, micro, device)
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            log.info("fine-tune step %d/%d: loss %.4f", i + 1, len(batches), loss)
-        seconds = time.perf_counter() - start
-    work.eval()
-    adapter_state, peft_config = None, None
-    if cfg.method == "lora":
-        from peft.utils import get_peft_model_state_dict
+    inputs = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    used: list[int] = []
 
-        adapter_state = {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(work).items()}
-        peft_config = work.peft_config["default"]
+    def attempt(micro: int) -> tuple[torch.nn.Module, list[float], float, list[str] | None]:
+        used.append(micro)
+        return _train(model, inputs, cfg, seed=seed, micro=micro, pad_id=_pad_id(tokenizer), progress=progress)
+
+    too_big = ShapshiftError("Fine-tuning ran out of memory even with one example per batch.",
+                             "Lower adapt.finetune.max_length (or adapt.finetune.batch_size), use method lora "
+                             "instead of full, or a smaller model.")
+    with _own_rng():
+        work, losses, seconds, targets = halving(attempt, cfg.batch_size, "fine-tuning", divides=cfg.batch_size,
+                                                 at_one=too_big)()
+    n_trainable = sum(p.numel() for p in work.parameters() if p.requires_grad)
+    log.info("fine-tuned (%s) %d parameters on %d examples: losses %s", cfg.method, n_trainable, len(examples),
+             [round(x, 4) for x in losses])
+    work.eval()
+    if out_dir is not None:
+        with _atomic_dir(Path(out_dir) / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)) as tmp:
+            work.save_pretrained(tmp)  # PeftModel: adapter_config.json + adapter_model.safetensors
+    if cfg.method == "lora":
         work = work.merge_and_unload()
     work.requires_grad_(False)
+    work.to(device)
     result = FinetuneResult(model=work, losses=losses, steps=len(losses), seconds=seconds, method=cfg.method,
-                            config=cfg, seed=seed, n_examples=len(examples), batch_size=micro,
-                            target_modules=targets, trainable_parameters=n_trainable,
-                            adapter_state=adapter_state, peft_config=peft_config)
+                            config=cfg, seed=seed, n_examples=len(examples), batch_size=used[-1],
+                            target_modules=targets, trainable_parameters=n_trainable)
     if out_dir is not None:
-        result.save(out_dir)
+        write_json(result.training_log(), Path(out_dir) / TRAINING_LOG)
     return result
 
 
@@ -404,16 +312,6 @@ def _atomic_dir(folder: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_adapter(state: dict[str, torch.Tensor], peft_config: Any, folder: Path) -> None:
-    """The files ``PeftModel.save_pretrained`` writes: ``adapter_config.json`` and ``adapter_model.safetensors``."""
-    from safetensors.torch import save_file
-
-    config = copy.deepcopy(peft_config)
-    config.inference_mode = True
-    config.save_pretrained(str(folder))
-    save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def load_finetuned(base_model: PreTrainedModel, out_dir: str | Path, cfg: FinetuneConfig) -> PreTrainedModel:
@@ -455,49 +353,48 @@ def sequence_logprobs(model: PreTrainedModel, pairs: Sequence[tuple[list[int], l
     """Sum of ``log p(target token | prompt, earlier target tokens)`` for each (prompt ids, target ids).
 
     Teacher-forced, right-padded batches; returns float64 ``(len(pairs),)`` in nats. Halves the batch
-    on out-of-memory. ``alternatives=True``: the target ids are single-token alternatives for the
-    next token, scored from one forward pass of the prompt; returns ``(len(pairs), n_alternatives)``.
+    on out-of-memory (:mod:`shapshift.backoff`). ``alternatives=True``: the target ids are single-token
+    alternatives for the next token, scored from one forward pass of the prompt; returns
+    ``(len(pairs), n_alternatives)``. Log-probabilities: :func:`shapshift.scoring.token_logprobs`.
     """
     device = model_device(model)
     out = np.zeros((len(pairs), len(pairs[0][1])) if alternatives and pairs else len(pairs))
     score = _score_alternatives if alternatives else _score_chunk
-    start = 0
-    while start < len(pairs):
-        chunk = pairs[start:start + batch_size]
-        try:
-            out[start:start + len(chunk)] = score(model, chunk, pad_id, device)
-        except Exception as exc:
-            if not is_oom(exc) or batch_size == 1:
-                raise
-            batch_size //= 2
-            log.warning("out of memory while evaluating; batch size %d", batch_size)
-            continue
-        start += len(chunk)
+    done = 0
+
+    def run(size: int) -> None:
+        nonlocal done
+        while done < len(pairs):
+            chunk = pairs[done:done + size]
+            out[done:done + len(chunk)] = score(model, chunk, pad_id, device)
+            done += len(chunk)
+
+    halving(run, batch_size, "task evaluation")()
     return out
 
 
 def _score_chunk(model: PreTrainedModel, chunk: Sequence[tuple[list[int], list[int]]], pad_id: int,
                  device: torch.device) -> np.ndarray:
-    enc = collate([{"input_ids": p + t, "labels": p + t} for p, t in chunk], pad_id, device)
+    enc = collate([{"input_ids": p + t, "labels": p + t} for p, t in chunk], pad_id)
     with torch.inference_mode():
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
     rows = torch.cat([torch.full((len(t),), i) for i, (_, t) in enumerate(chunk)]).to(device)
     pos = torch.cat([torch.arange(len(p) - 1, len(p) + len(t) - 1) for p, t in chunk]).to(device)
     tgt = torch.cat([torch.tensor(t) for _, t in chunk]).to(device)
-    logp = torch.log_softmax(logits[rows, pos].float(), dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    logp = token_logprobs(logits[rows, pos], tgt)
     sums = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, rows, logp.double())
     return sums.cpu().numpy()
 
 
 def _score_alternatives(model: PreTrainedModel, chunk: Sequence[tuple[list[int], list[int]]], pad_id: int,
                         device: torch.device) -> np.ndarray:
-    enc = collate([{"input_ids": p, "labels": p} for p, _ in chunk], pad_id, device)
+    enc = collate([{"input_ids": p, "labels": p} for p, _ in chunk], pad_id)
     with torch.inference_mode():
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
     last = torch.tensor([len(p) - 1 for p, _ in chunk], device=device)
-    logp = torch.log_softmax(logits[torch.arange(len(chunk), device=device), last].float(), dim=-1)
     options = torch.tensor([t for _, t in chunk], device=device)
-    return logp.gather(-1, options).double().cpu().numpy()
+    last_logits = logits[torch.arange(len(chunk), device=device), last]
+    return token_logprobs(last_logits.unsqueeze(1).expand(-1, options.shape[1], -1), options).double().cpu().numpy()
 
 
 def evaluate_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, *,

@@ -9,9 +9,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .backoff import halving
 from .config import GenerationConfig
 from .models import check_fits_context, model_device
-from .scoring import is_oom
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +54,22 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results: list[list[int]] = []
     bar = tqdm(total=len(prompt_ids), desc="generate", disable=not progress, leave=False)
-    start = 0
-    while start < len(prompt_ids):
-        batch = [list(p) for p in prompt_ids[start:start + batch_size]]
-        width = max(len(p) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, p in enumerate(batch):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            attn[i, width - len(p):] = 1
-        try:
+
+    def run(size: int) -> None:  # resumes after the prompts already done when retried with a smaller batch
+        while len(results) < len(prompt_ids):
+            batch = [list(p) for p in prompt_ids[len(results):len(results) + size]]
+            width = max(len(p) for p in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, p in enumerate(batch):
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                attn[i, width - len(p):] = 1
             out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, num_beams=1)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
-            if not is_oom(exc) or batch_size == 1:
-                raise
-            batch_size = max(1, batch_size // 2)
-            log.warning("out of memory in generation; batch size %d", batch_size)
-            continue
-        for row in out[:, width:].tolist():
-            results.append(trim_generation(row, tokenizer, stop_at_newline=stop_at_newline))
-        bar.update(len(batch))
-        start += len(batch)
+            results.extend(trim_generation(row, tokenizer, stop_at_newline=stop_at_newline)
+                           for row in out[:, width:].tolist())
+            bar.update(len(batch))
+
+    halving(run, batch_size, "generation")()
     bar.close()
     return results

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from .backoff import is_oom, smaller
 from .config import MASKINGS, SCORES
 from .models import model_device
 from .prompting import EncodedPrompt
@@ -70,19 +71,22 @@ CPU_BATCH_SIZE = 32
 MAX_AUTO_BATCH_SIZE = 512
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory error of CUDA or of a CPU allocation."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p(target)`` from logits ``(..., vocab)`` and target ids ``(...)``: float32 ``(...)``, nats.
+
+    The one place a target log-probability is computed: the scorer (:func:`token_scores`), task
+    evaluation (:func:`shapshift.finetune.sequence_logprobs`) and the lenses all call it.
+    """
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def token_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "log_odds") -> torch.Tensor:
     """Per-token scores from logits ``(..., vocab)`` and target ids ``(...)``, in float32.
 
-    ``log_odds`` = ``log p - log(1 - p)`` computed stably from ``log p``; ``log_prob`` = ``log p``.
+    ``log_odds`` = ``log p - log(1 - p)`` computed stably from ``log p``; ``log_prob`` = ``log p``
+    (:func:`token_logprobs`).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logp = token_logprobs(logits, targets)
     if score == "log_prob":
         return logp
     # log(1 - p) = log(-expm1(log p)); clamp keeps p == 1 finite
@@ -286,9 +290,10 @@ class TeacherForcedScorer:
             try:
                 out[start:stop] = score_batch(items[start:stop])
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                # a plain loop, not accelerate's find_executable_batch_size: see shapshift.backoff
                 if not is_oom(exc) or self.batch_size == 1:
                     raise
-                self.batch_size = max(1, self.batch_size // 2)
+                self.batch_size = smaller(self.batch_size)
                 log.warning("out of memory; scoring with batch size %d", self.batch_size)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -34,9 +34,9 @@ def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, n_bootstrap: int 
     """Mean of ``values`` and its percentile bootstrap CI (``level``, default 95 %).
 
     ``values``: one number per example (NaN values are dropped, and ``n`` counts the rest).
-    ``n_bootstrap`` resamples of ``n`` values with replacement are drawn from
-    ``numpy.random.default_rng(seed)``, so equal inputs and seeds give equal intervals. The interval
-    is the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled means. With no finite value
+    ``scipy.stats.bootstrap`` (``method="percentile"``) draws ``n_bootstrap`` resamples of ``n``
+    values with replacement from ``numpy.random.default_rng(seed)``, so equal inputs and seeds give
+    equal intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles of the resampled means. With no finite value
     everything is NaN; with one value the mean is that value and the interval NaN (no spread can be
     estimated from one example); constant values give a zero-width interval.
     """
@@ -51,11 +51,11 @@ def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, n_bootstrap: int 
     mean = float(x.mean())
     if n == 1:
         return MeanCI(mean, math.nan, math.nan, 1)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return MeanCI(mean, float(low), float(high), n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant values: scipy warns, the interval is [mean, mean]
+        ci = _sstats.bootstrap((x,), np.mean, n_resamples=n_bootstrap, confidence_level=level, method="percentile",
+                               rng=np.random.default_rng(seed)).confidence_interval
+    return MeanCI(mean, float(ci.low), float(ci.high), n)
 
 
 def bootstrap_curve_ci(matrix: np.ndarray, *, n_bootstrap: int = 1000, level: float = 0.95,
@@ -64,6 +64,9 @@ def bootstrap_curve_ci(matrix: np.ndarray, *, n_bootstrap: int = 1000, level: fl
 
     Rows (examples) are resampled jointly, so the band of a curve keeps its shape; NaN cells are
     ignored in each column's mean. Returns ``(mean, low, high)``, each ``(n_points,)``.
+
+    Hand-written, not ``scipy.stats.bootstrap``: on a column with few finite cells some resamples
+    hold none, and scipy's percentile then makes the whole band NaN, where this ignores those resamples.
     """
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2:
