@@ -81,7 +81,7 @@ def _started_run(tmp_path, **fields) -> RunConfig:
     return cfg
 
 
-def test_later_stages_keep_the_run_folders_model_and_data(tmp_path, capsys):
+def test_later_stages_keep_the_run_folders_model_and_data(tmp_path, caplog):
     first = _started_run(tmp_path)
     given = form.config_from_form({"data_n_explain": 50, "explain_max_evals": 128, "adapt_k_shot": 1}, tmp_path)  # model: the default
     cfg, overridden = form.resolve_config(given, "explain")
@@ -96,7 +96,7 @@ def test_later_stages_keep_the_run_folders_model_and_data(tmp_path, capsys):
     cfg, overridden = form.resolve_config(given, "preprocess")
     assert cfg.model.spec == "EleutherAI/gpt-neo-125m" and overridden == []
     form.stage_config({"data_n_explain": 50, "explain_max_evals": 128}, "compare", tmp_path)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "not used" in out and "model.spec: run folder 'smollm2-135m'" in out
 
 

@@ -222,10 +222,10 @@ def resolve_config(form_cfg: RunConfig, stage: str) -> tuple[RunConfig, list[tup
 
 
 def stage_config(namespace: Mapping[str, Any], stage: str, runs_dir: str | os.PathLike | None = None) -> RunConfig:
-    """The notebook's :class:`RunConfig` for ``stage``, from its form fields and the run folder; prints a summary."""
+    """The notebook's :class:`RunConfig` for ``stage``, from its form fields and the run folder; logs a summary."""
     form_cfg = config_from_form(form_values(namespace), runs_dir)
     cfg, overridden = resolve_config(form_cfg, stage)
-    print(config_summary(cfg, stage, overridden))
+    log.info("settings of stage %s:\n%s", stage, config_summary(cfg, stage, overridden))
     return cfg
 
 
