@@ -153,9 +153,10 @@ def require_inputs(cfg: RunConfig, stage: str) -> None:
     before = [s for s in TABLE[: STAGES.index(stage)] if any(n.startswith(s.writes) for n in missing)]
     names = " and ".join(s.name for s in before) or "the earlier stages"
     nbs = " and ".join(s.notebook for s in before) or "the earlier notebooks"
+    which = f"stages {names} write" if len(before) > 1 else f"stage {names} writes"
     raise ArtifactError(
-        f"The run folder {cfg.run_dir} lacks {', '.join(missing)}, which stage {names} writes ({nbs}).",
-        f"Run stage {names} first with the same output_dir and name (`shapshift run` runs every stage; in the "
+        f"The run folder {cfg.run_dir} lacks {', '.join(missing)}, which {which} ({nbs}).",
+        f"Run {which.rsplit(' ', 1)[0]} first with the same output_dir and name (`shapshift run` runs every stage; in the "
         f"notebooks run {nbs} first). In Colab every notebook runs on its own machine: set use_drive to True in "
         "all of them so that they share the run folder on Google Drive.")
 
