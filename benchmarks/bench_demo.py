@@ -3,7 +3,8 @@
 Runs ``shapshift run`` in-process once per method into a temporary folder (the model is loaded
 once per run, as the CLI does) and reads each stage's seconds from the run's ``manifest.json``.
 
-    .venv/bin/python benchmarks/bench_demo.py                        # auto vs partition (~10 min, 1 CPU core)
+    .venv/bin/python benchmarks/bench_demo.py --methods auto         # what `make demo` runs (~4 min on 2 cores)
+    .venv/bin/python benchmarks/bench_demo.py                        # auto vs partition (partition: ~40 min)
     .venv/bin/python benchmarks/bench_demo.py --methods auto kernel partition
 
 Writes ``benchmarks/DEMO_TIMING.md``.
@@ -37,21 +38,29 @@ def time_demo(method: str, out: Path, overrides: list[str]) -> dict:
     start = time.perf_counter()
     run(cfg, STAGES)
     wall = time.perf_counter() - start
-    stages = json.loads((out / f"demo-{method}" / "manifest.json").read_text())["stages"]
-    row = {"method": method, "whole run s": wall}
+    run_dir = out / f"demo-{method}"
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    row = {"method": method, "n_explain": cfg.data.n_explain, "whole run s": wall}
     for name in STAGES:
         row[f"{name} s"] = stages.get(name, {}).get("seconds")
+    # precision beside the speed: the noise floor (baseline vs its rerun with another seed) and the answer
+    verdicts = pd.read_csv(run_dir / "04_verdicts.csv").set_index("condition_b")
+    if "baseline_rerun" in verdicts.index:
+        row["floor Spearman"] = round(float(verdicts.loc["baseline_rerun", "spearman"]), 3)
+    for cond in [c for c in verdicts.index if c != "baseline_rerun"]:
+        row[f"{cond} changed"] = f"{int(verdicts.loc[cond, 'n_changed'])}/{int(verdicts.loc[cond, 'n'])}"
     return row
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=["auto", "partition"])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, as `make demo` runs)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, default=HERE / "DEMO_TIMING.md")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load0 = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [time_demo(m, Path(tmp), args.overrides) for m in args.methods]
@@ -64,11 +73,14 @@ def main(argv=None) -> int:
     command = "python benchmarks/bench_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join([
         "# The offline demo run per SHAP estimator", "",
-        f"Command: `{command}` ({args.threads} torch thread(s); load average at start / end: {load0} / {load_average()}).",
+        f"Command: `{command}` ({torch.get_num_threads()} torch thread(s); load average at start / end: {load0} / "
+        f"{load_average()}).",
         "", "Machine and versions: " + ", ".join(f"{k}={v}" for k, v in machine_info().items()) + ".", "",
-        "`configs/demo.yaml` (smollm2-135m, 4 explained examples, 4 conditions + the noise-floor rerun) with "
-        "`explain.method` set per row; seconds per stage from the run's manifest. The adapt stage includes "
-        "6 LoRA steps, which no estimator changes.", "",
+        "`configs/demo.yaml` (what `make demo` runs: smollm2-135m, `n_explain` examples, 3 conditions + the "
+        "noise-floor rerun) with `explain.method` set per row; seconds per stage from the run's manifest. The adapt "
+        "stage includes the LoRA steps, which no estimator changes. `floor Spearman`: Spearman of the |value| rankings of the baseline against "
+        "its rerun with another seed (mean over examples; the precision of the run); `<condition> changed`: examples "
+        "changed beyond the estimator's noise (`04_verdicts.csv`).", "",
         markdown_table(df), ""])
     args.out.write_text(text)
     print(text)
