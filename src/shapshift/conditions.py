@@ -193,7 +193,19 @@ def _few_shot(s: Setup) -> tuple[Any, list[PromptParts]]:
 
 
 def _finetuned(s: Setup) -> tuple[Any, list[PromptParts]]:
-    return finetuned_model(s), base_parts(s.rows)
+    """Under ``accelerate launch`` the main process fine-tunes and saves the adapter, the others load it
+    once saved: every process then explains its share with the same weights (see :mod:`shapshift.parallel`)."""
+    from . import parallel
+
+    if parallel.num_processes() == 1:
+        return finetuned_model(s), base_parts(s.rows)
+    model = finetuned_model(s) if parallel.is_main() else None
+    parallel.wait()
+    if model is None:
+        from .finetune import load_finetuned
+
+        model = load_finetuned(s.model, s.store.path("adapters"), s.cfg.adapt.finetune)
+    return model, base_parts(s.rows)
 
 
 def finetuned_model(s: Setup) -> Any:
