@@ -147,10 +147,14 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
 
 
 def _open_checkpoint(checkpoint: ExampleCheckpoint, resume: bool) -> dict[int, tuple[Any, dict]]:
-    """The examples done already: the main process starts (or clears) the checkpoint, the others then read it."""
+    """The examples done already: the main process starts (or clears) the checkpoint, the others then read it
+    (every process sees the same examples, so their shares of the rest are the same split)."""
     done = checkpoint.start(resume) if parallel.is_main() else {}
     parallel.wait()
-    return done if parallel.is_main() else checkpoint.load()
+    if not parallel.is_main():
+        done = checkpoint.load()
+    parallel.wait()  # before any process saves a new example
+    return done
 
 
 def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, parts, targets, stem: str, condition: str,
