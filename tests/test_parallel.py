@@ -147,6 +147,7 @@ def test_two_processes_write_what_one_process_writes(single, tmp_path):
     # one process reports: one "stage … finished" line per stage, one result line
     assert len(re.findall(r"stage explain: finished", log)) == 1
     assert "explain baseline (2 processes)" in log
+    assert "loaded tiny-gpt-neo on cpu (" in log  # "cpu" as one process names it (accelerate's "cpu:0" changes kernels)
 
 
 def test_a_killed_two_process_run_resumes_where_it_stopped(single, tmp_path):

@@ -63,9 +63,15 @@ def is_main() -> bool:
 
 
 def device() -> str | None:
-    """This process's own device under a launcher (``cuda:<local rank>`` or ``cpu``); None in a single process."""
+    """This process's own device under a launcher (``cuda:<local rank>`` or ``cpu``); None in a single process.
+
+    A CPU is named ``cpu``, as a single process names it: accelerate's ``cpu:0`` takes other kernels in
+    places, and a log-probability then differs from the single-process one in the 7th digit.
+    """
     state = _state()
-    return None if state is None else str(state.device)
+    if state is None:
+        return None
+    return "cpu" if state.device.type == "cpu" else str(state.device)
 
 
 def wait() -> None:
