@@ -96,6 +96,22 @@ def compare(a: Path, b: Path) -> tuple[bool, float]:
     return same, worst
 
 
+NOTES = """\
+Columns: "explained" counts every example explained (the baseline, its noise-floor rerun and each condition
+of adapt.conditions); "examples / min (explain+adapt)" divides it by the two stages' seconds from the
+manifest, "(whole command)" by the command's wall time (start-up, model loading, preprocess and compare
+included). "identical to row 1": every `0*.parquet` table equal and every explanation pickle equal byte
+for byte; "max abs Δ value": the largest difference of an explanation value from row 1's.
+
+What limits scaling, read from the columns: fine-tuning runs on the main process alone while the others
+wait (a fixed part of the adapt stage); so do the generations (batched, on the main process, then sent to
+the others) and preprocess and compare. Each process loads its own model (in parallel: start-up does not
+grow with N, memory does). Shares are equal in count, not in cost, so the slowest share sets the stage's
+time. The merge is one read of every example's `.npz` per condition (milliseconds here). On a shared
+2-core machine two processes also compete with whatever else runs: the load average above says how
+busy it was; one run, so the ratio is indicative, not precise."""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="+", default=["1x1", "2x1", "1x2"], help="PROCESSESxTHREADS per row")
@@ -125,7 +141,7 @@ def main(argv=None) -> int:
         f"Command: `{cmd}` (config overrides: {', '.join(overrides)}; load average at start / end: "
         f"{load0} / {load_average()}).", "",
         "Machine and versions: " + ", ".join(f"{k}={v}" for k, v in machine_info().items()) + ".", "",
-        markdown_table(df), ""])
+        markdown_table(df), "", NOTES, ""])
     args.out.write_text(text)
     print(text)
     return 0
