@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -91,8 +92,12 @@ def compare(a: Path, b: Path) -> tuple[bool, float]:
             same = False
         if "value" in x and "in_pos" in x and len(x) == len(y):
             worst = max(worst, float(np.nanmax(np.abs(x["value"].to_numpy() - y["value"].to_numpy()), initial=0.0)))
-    for path in sorted(a.glob("0*.pkl")):
-        same &= path.read_bytes() == (b / path.name).read_bytes()
+    for path in sorted(a.glob("0*.pkl")):  # every field of every explanation, pickled alone, byte for byte
+        x, y = pickle.loads(path.read_bytes()), pickle.loads((b / path.name).read_bytes())
+        same &= x["example_ids"] == y["example_ids"] and x["meta"] == y["meta"] and all(
+            e.__dict__.keys() == f.__dict__.keys()
+            and all(pickle.dumps(e.__dict__[k]) == pickle.dumps(f.__dict__[k]) for k in e.__dict__)
+            for e, f in zip(x["explanations"], y["explanations"], strict=True))
     return same, worst
 
 
@@ -100,8 +105,8 @@ NOTES = """\
 Columns: "explained" counts every example explained (the baseline, its noise-floor rerun and each condition
 of adapt.conditions); "examples / min (explain+adapt)" divides it by the two stages' seconds from the
 manifest, "(whole command)" by the command's wall time (start-up, model loading, preprocess and compare
-included). "identical to row 1": every `0*.parquet` table equal and every explanation pickle equal byte
-for byte; "max abs Δ value": the largest difference of an explanation value from row 1's.
+included). "identical to row 1": every `0*.parquet` table equal and every field of every stored
+explanation pickling to the same bytes; "max abs Δ value": the largest difference of an explanation value from row 1's.
 
 What limits scaling, read from the columns: fine-tuning runs on the main process alone while the others
 wait (a fixed part of the adapt stage); so do the generations (batched, on the main process, then sent to

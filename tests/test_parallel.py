@@ -2,7 +2,7 @@
 
 Each run is a real command in its own process group (the launcher and its two workers), on one
 torch thread per process; the single-process reference is ``python -m shapshift`` under the same
-config. Values are compared exactly (the explanations' pickles byte for byte).
+config. Values are compared exactly (every field of the explanations' pickles byte for byte).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -107,6 +108,17 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
+def assert_same_pickles(a: Path, b: Path) -> None:
+    """Two stored explanation pickles hold the same fields, each pickling to the same bytes (the files
+    themselves may differ in pickle's back-references: which equal strings are one object in memory)."""
+    x, y = (pickle.loads(p.read_bytes()) for p in (a, b))
+    assert (x["condition"], x["example_ids"], x["meta"]) == (y["condition"], y["example_ids"], y["meta"]), a.name
+    for e, f in zip(x["explanations"], y["explanations"], strict=True):
+        assert e.__dict__.keys() == f.__dict__.keys(), a.name
+        for key in e.__dict__:
+            assert pickle.dumps(e.__dict__[key]) == pickle.dumps(f.__dict__[key]), (a.name, key)
+
+
 def assert_same_artifacts(one: Path, many: Path, prefixes: tuple[str, ...] = ("0",)) -> None:
     """Every artifact of ``prefixes`` written by ``many`` processes equals the single-process one's."""
     def artifacts(run_dir: Path) -> list[str]:
@@ -116,7 +128,7 @@ def assert_same_artifacts(one: Path, many: Path, prefixes: tuple[str, ...] = ("0
     assert len(names) >= 10 and artifacts(many) == names
     for name in names:
         if name.endswith(".pkl"):
-            assert (one / name).read_bytes() == (many / name).read_bytes(), name
+            assert_same_pickles(one / name, many / name)
         else:
             pd.testing.assert_frame_equal(pd.read_parquet(one / name), pd.read_parquet(many / name),
                                           check_exact=True, obj=name)

@@ -193,13 +193,17 @@ def _few_shot(s: Setup) -> tuple[Any, list[PromptParts]]:
 
 
 def _finetuned(s: Setup) -> tuple[Any, list[PromptParts]]:
-    """Under ``accelerate launch`` the main process fine-tunes and saves the adapter, the others load it
-    once saved: every process then explains its share with the same weights (see :mod:`shapshift.parallel`)."""
+    """Under ``accelerate launch`` the main process fine-tunes (as one process would) and saves the adapter,
+    the others load it once saved: every process then explains its share with the same weights, those of
+    a single-process run (see :mod:`shapshift.parallel`)."""
     from . import parallel
 
     if parallel.num_processes() == 1:
         return finetuned_model(s), base_parts(s.rows)
-    model = finetuned_model(s) if parallel.is_main() else None
+    model = None
+    if parallel.is_main():
+        with parallel.alone():  # Trainer must not see the other processes: they wait below
+            model = finetuned_model(s)
     parallel.wait()
     if model is None:
         from .finetune import load_finetuned

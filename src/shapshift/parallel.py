@@ -14,9 +14,10 @@ single-process thing, and accelerate is not even imported.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -25,6 +26,9 @@ T = TypeVar("T")
 #: How long a process waits for the others at a barrier (the main process may fine-tune meanwhile).
 BARRIER_TIMEOUT = timedelta(hours=48)
 _SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+#: What a launcher tells a process about the others (hidden by :func:`alone`).
+_LAUNCH_VARIABLES = (*_SIZE_VARIABLES, "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "PMI_RANK",
+                     "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_RANK")
 
 
 def launched() -> bool:
@@ -101,3 +105,31 @@ def from_main(compute: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     box = [compute(*args, **kwargs) if state.is_main_process else None]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Run the block as a single process would, while the other processes wait at a barrier.
+
+    For work that one process does for all (the main process fine-tunes): ``transformers.Trainer``
+    would otherwise see the launched processes, wrap the model for data-parallel training and wait for
+    the others to join each step. accelerate's shared state and the launcher's variables are set
+    aside for the block and restored after it; nothing in the block may talk to the other processes.
+    """
+    state = _state()
+    if state is None or state.num_processes == 1:
+        yield
+        return
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    kept = {cls: dict(cls._shared_state) for cls in (PartialState, AcceleratorState, GradientState)}
+    env = {k: os.environ.pop(k) for k in _LAUNCH_VARIABLES if k in os.environ}
+    for cls in kept:
+        cls._shared_state.clear()
+    try:
+        yield
+    finally:
+        for cls, shared in kept.items():  # the same dict objects: existing instances see the old state again
+            cls._shared_state.clear()
+            cls._shared_state.update(shared)
+        os.environ.update(env)

@@ -251,9 +251,7 @@ def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], e
             e.method = method
     store.write_parquet(explanations_to_frame(explanations, example_ids, condition), f"{stem}.parquet")
     payload = {"condition": condition, "example_ids": [int(i) for i in example_ids],
-               "explanations": explanations,
-               # plain JSON values (no shared objects), so equal results pickle to equal bytes in any process
-               "meta": json.loads(json.dumps(meta or {}, default=_json_default))}
+               "explanations": explanations, "meta": meta or {}}
     atomic_write_bytes(store.path(f"{stem}.pkl"), pickle.dumps(payload, protocol=4))
     store.record(f"{stem}.pkl")
 
