@@ -66,6 +66,7 @@ SHELL_LINES = {
     ("shapshift", "compare"): "stage",     # SMALL appended: compare refuses a run made under other settings
     ("shapshift", "report"): "stage",      # SMALL appended (the same config as the demo run)
     ("shapshift", "explain-text"): "as_written",  # its --out file must exist afterwards
+    ("accelerate", "launch"): "stage_resume",  # `-m shapshift run` in 2 processes, SMALL appended: reuses outputs/demo
 }
 
 #: Inline code spans that are commands, by program: what is checked (they are not run).

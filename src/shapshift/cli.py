@@ -46,7 +46,8 @@ def _stage_command(stages):
                   f"To continue where it stopped, run the same command again: {again}  "
                   "(add --fresh to start over instead).", file=sys.stderr)
             return 130
-        print(f"results in {store.dir}")
+        if store.writer:  # under accelerate launch: the main process says it, once
+            print(f"results in {store.dir}")
         return 0
 
     return command
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from . import parallel
+
+    if parallel.launched() and not parallel.is_main():  # several processes: the main one reports progress
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except ShapshiftError as exc:

@@ -193,7 +193,23 @@ def _few_shot(s: Setup) -> tuple[Any, list[PromptParts]]:
 
 
 def _finetuned(s: Setup) -> tuple[Any, list[PromptParts]]:
-    return finetuned_model(s), base_parts(s.rows)
+    """Under ``accelerate launch`` the main process fine-tunes (as one process would) and saves the adapter,
+    the others load it once saved: every process then explains its share with the same weights, those of
+    a single-process run (see :mod:`shapshift.parallel`)."""
+    from . import parallel
+
+    if parallel.num_processes() == 1:
+        return finetuned_model(s), base_parts(s.rows)
+    model = None
+    if parallel.is_main():
+        with parallel.alone():  # Trainer must not see the other processes: they wait below
+            model = finetuned_model(s)
+    parallel.wait()
+    if model is None:
+        from .finetune import load_finetuned
+
+        model = load_finetuned(s.model, s.store.path("adapters"), s.cfg.adapt.finetune)
+    return model, base_parts(s.rows)
 
 
 def finetuned_model(s: Setup) -> Any:

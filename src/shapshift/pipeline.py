@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import conditions, stages
+from . import conditions, parallel, stages
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import RunConfig, resolve_masking
 from .errors import ArtifactError, DataError
@@ -104,27 +104,36 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     method = method or ex.method
     fingerprint = f"{stage_fingerprint(cfg, stages.stage_of(stem).name)}-{stem}-{seed}"
     checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
-    done = checkpoint.start(resume)
+    done = _open_checkpoint(checkpoint, resume)
     done = {i: v for i, v in done.items() if i in set(rows["example_id"].astype(int))}
-    if done:
+    if done and parallel.is_main():
         log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
                  ", ".join(map(str, sorted(done))))
     reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
-    if getattr(model, "is_remote", False):
+    if getattr(model, "is_remote", False) and parallel.is_main():
         from .remote.costs import announce_cost
 
         announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals)
                        for p, t, r in zip(parts, targets, rows.itertuples()) if int(r.example_id) not in done],
                       ex.method, f"explain {condition}")
-    for p, t, r in tqdm(list(zip(parts, targets, rows.itertuples())), desc=f"explain {condition}", leave=False):
-        if int(r.example_id) in done:
-            continue
+    listed = list(rows.itertuples())
+    several = parallel.num_processes() > 1  # then this process explains its share of the examples left
+    bar = tqdm(total=len(rows), initial=len(done), leave=False, disable=not parallel.is_main(),
+               desc=f"explain {condition}" + (f" ({parallel.num_processes()} processes)" if several else ""))
+    for i in parallel.share([i for i, r in enumerate(listed) if int(r.example_id) not in done]):
+        p, t, r = parts[i], targets[i], listed[i]
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
                          batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
                          unit=ex.unit, options=dict(ex.options))
         [exp], [stats] = explain_tasks([task], method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
+        bar.update(min(checkpoint.count(), len(rows)) - bar.n if several else 1)  # all processes' examples
+    bar.close()
+    if several:  # every process reads every process's examples once all are done
+        parallel.wait()
+        done = checkpoint.load()
+        parallel.wait()
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
@@ -135,6 +144,17 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
     store.update_manifest(explain_stats={stem: stats})
     return explanations, stats  # the checkpoint stays until the whole stage is done (a kill later loses nothing)
+
+
+def _open_checkpoint(checkpoint: ExampleCheckpoint, resume: bool) -> dict[int, tuple[Any, dict]]:
+    """The examples done already: the main process starts (or clears) the checkpoint, the others then read it
+    (every process sees the same examples, so their shares of the rest are the same split)."""
+    done = checkpoint.start(resume) if parallel.is_main() else {}
+    parallel.wait()
+    if not parallel.is_main():
+        done = checkpoint.load()
+    parallel.wait()  # before any process saves a new example
+    return done
 
 
 def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, parts, targets, stem: str, condition: str,
@@ -198,7 +218,8 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
                 raise DataError("explain.target is 'reference' but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
         # explained_logprob is the log-prob of the text explained (the reference when there is one)
-        gens = generate_and_score(model, tokenizer, rows, parts, "baseline", cfg, explained=reference)
+        gens = parallel.from_main(generate_and_score, model, tokenizer, rows, parts, "baseline", cfg,
+                                  explained=reference)
         targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
         base = conditions.get(BASELINE)
@@ -247,10 +268,10 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
             cond = conditions.get(condition, cfg)
             with store.timed(f"adapt:{condition}") as info:
                 cond_model, parts = cond.setup(conditions.Setup(cfg, store, model, tokenizer, data, rows, info, resume))
-                own = generate_and_score(cond_model, tokenizer, rows, parts, condition, cfg)
+                own = parallel.from_main(generate_and_score, cond_model, tokenizer, rows, parts, condition, cfg)
                 targets = _condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
-                gens = own if cfg.explain.target == "own" else \
-                    generate_and_score(cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
+                gens = own if cfg.explain.target == "own" else parallel.from_main(
+                    generate_and_score, cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
                 gens[["generated_text", "generated_ids", "generated_tokens", "label_match"]] = \
                     own[["generated_text", "generated_ids", "generated_tokens", "label_match"]]
                 tables.append(gens)
@@ -327,7 +348,9 @@ ModelLoader = Callable[[RunConfig], tuple[Any, Any]]
 def load_run_model(cfg: RunConfig) -> tuple[Any, Any]:
     """The config's model and tokenizer (``model`` section), loaded afresh."""
     m = cfg.model
-    return load_model(m.spec, device=m.device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+    # under a launcher each process takes its own device (cuda:<local rank>), not every one the first GPU
+    device = (parallel.device() if m.device in ("auto", "cuda") else None) or m.device
+    return load_model(m.spec, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
                       tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
                       concurrency=m.concurrency)
 
@@ -352,6 +375,7 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     if fresh and store.dir.exists() and todo:
         first = min(todo, key=stages.TABLE.index).name
         invalidate_from(store, first, because=f"--fresh: starting over from stage {first}", partial=True)
+    parallel.wait()  # under a launcher: every process sees the folder as the main process left it
     model = tokenizer = None
     redone = False
     for stage in sorted(todo, key=stages.TABLE.index):
@@ -365,7 +389,9 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
         redone = True
         start = time.perf_counter()
         function = globals()[stage.function]
-        if not stage.needs_model:
+        if not (stage.shared or parallel.is_main()):
+            pass  # a stage that does not split its examples runs on the main process alone
+        elif not stage.needs_model:
             function(cfg)
         else:
             if model is None:
@@ -374,6 +400,7 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
         log.info("stage %s: finished in %.0f s; results in %s", stage.name, time.perf_counter() - start, cfg.run_dir)
         if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
             store.update_manifest(remote_usage=model.usage_dict())
+        parallel.wait()
     return store
 
 

@@ -34,7 +34,8 @@ class Stage:
     manifest (None: all, the first notebook starts the run); ``requires``: artifacts it reads (written
     by earlier stages); ``writes``: name prefixes of the files and folders it writes;
     ``function``: its function in :mod:`shapshift.pipeline`, called as ``f(cfg, model, tokenizer, resume=)``
-    (``needs_model`` False: ``f(cfg)``).
+    (``needs_model`` False: ``f(cfg)``); ``shared``: under ``accelerate launch`` every process runs it
+    and explains its share of the examples (else the main process alone runs it, see :mod:`shapshift.parallel`).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Stage:
     notebook: str
     function: str
     needs_model: bool = True
+    shared: bool = False
 
 
 TABLE: tuple[Stage, ...] = (
@@ -53,11 +55,11 @@ TABLE: tuple[Stage, ...] = (
           ("01_",), "01_preprocess.ipynb", "preprocess_stage"),
     Stage("explain", "generate and explain the baseline (and its noise-floor rerun)",
           ("model", "data", "generation", "explain"), ("generation", "explain"), ("01_dataset.parquet",),
-          ("02_",), "02_baseline_shap.ipynb", "explain_stage"),
+          ("02_",), "02_baseline_shap.ipynb", "explain_stage", shared=True),
     Stage("adapt", "prompt and fine-tune: explain every condition of adapt.conditions",
           ("model", "data", "generation", "explain", "adapt"), ("adapt",),
           ("01_dataset.parquet", "02_generations.parquet"), ("03_", "adapters/"), "03_finetune_and_prompt.ipynb",
-          "adapt_stage"),
+          "adapt_stage", shared=True),
     Stage("compare", "overlap metrics, verdicts against the noise, figures and report.html",
           ("model", "data", "generation", "explain", "adapt", "compare"), ("compare",), ("02_baseline.parquet",),
           ("04_", "figures/", "report.html"), "04_explanation_overlap.ipynb", "compare_stage", needs_model=False),
@@ -170,6 +172,8 @@ def invalidate_from(store: RunStore, stage: str, *, because: str | None = None, 
     """
     from .store import write_json
 
+    if not store.writer:  # one of several processes, not the main one: the main process removes them
+        return []
     stages = later(stage)
     prefixes = tuple(w for s in stages for w in s.writes)
     man = store.manifest()
@@ -198,5 +202,7 @@ def invalidate_from(store: RunStore, stage: str, *, because: str | None = None, 
 
 def clear_partial(store: RunStore, stage: str) -> None:
     """Drop a finished stage's per-example checkpoints (kept until the whole stage is done)."""
+    if not store.writer:
+        return
     for folder in partial_folders(store, [get(stage)]):
         shutil.rmtree(store.path(folder), ignore_errors=True)

@@ -126,10 +126,18 @@ def package_versions() -> dict[str, str]:
 
 
 class RunStore:
-    """The run folder: artifacts, their hashes, and the manifest."""
+    """The run folder: artifacts, their hashes, and the manifest.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    ``writer``: whether this process writes artifacts and the manifest (default: unless it is one of
+    several processes other than the main one, see :mod:`shapshift.parallel`). A store that is not
+    the writer reads as usual, and its writes (manifest, records, Parquet tables, explanations) do nothing.
+    """
+
+    def __init__(self, run_dir: str | Path, *, writer: bool | None = None) -> None:
+        from .parallel import is_main
+
         self.dir = Path(run_dir)
+        self.writer = is_main() if writer is None else writer
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -146,6 +154,8 @@ class RunStore:
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         man = self.manifest()
+        if not self.writer:
+            return man
         for key, value in fields.items():
             if isinstance(value, dict) and isinstance(man.get(key), dict):
                 man[key].update(value)
@@ -157,6 +167,8 @@ class RunStore:
 
     def record(self, *names: str) -> None:
         """Put the sha256 and size of the named artifacts into the manifest."""
+        if not self.writer:
+            return
         self.update_manifest(artifacts={n: {"sha256": sha256_file(self.path(n)), "bytes": self.path(n).stat().st_size}
                                         for n in names})
 
@@ -178,6 +190,8 @@ class RunStore:
         return pd.read_parquet(self.verify(name))
 
     def write_parquet(self, df: pd.DataFrame, name: str) -> Path:
+        if not self.writer:
+            return self.path(name)
         path = write_parquet(df, self.path(name))
         self.record(name)
         return path
@@ -228,6 +242,8 @@ def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], e
 
     An explanation without a ``method`` gets ``meta["method"]`` (unless ``auto``) as the one that produced it.
     """
+    if not store.writer:
+        return
     explanations = [plain_explanation(e) for e in explanations]
     method = (meta or {}).get("method")
     for e in explanations:
@@ -314,6 +330,10 @@ class ExampleCheckpoint:
 
         data = ExampleExplanation.from_shap(exp).to_npz(stats=json.loads(json.dumps(stats, default=_json_default)))
         atomic_write_bytes(self.dir / f"example-{int(example_id)}.npz", data)
+
+    def count(self) -> int:
+        """How many examples are saved (by every process writing here)."""
+        return sum(1 for _ in self.dir.glob("example-*.npz"))
 
     def load(self) -> dict[int, tuple[Any, dict]]:
         from .result import ExampleExplanation
