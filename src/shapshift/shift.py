@@ -157,13 +157,17 @@ def _interval(low: float, high: float) -> str:
 
 def verdict_sentence(row: dict[str, Any]) -> str:
     """One sentence a reader can act on: what changed, how sure, against which noise."""
-    a, b, n, k = row["condition_a"], row["condition_b"], int(row["n"]), int(row["n_changed"])
+    from .conditions import NOISE_FLOOR, label
+
+    a, b, n, k = label(row["condition_a"]), label(row["condition_b"]), int(row["n"]), int(row["n_changed"])
+    who = "The baseline's rerun with another seed (the noise floor)" if row["condition_b"] == NOISE_FLOOR \
+        else f"The {b} condition"
     if n == 0:
         return f"{b} vs {a}: no example was explained under both."
-    head = (f"{b} changed what the model relies on in {k} of {n} examples beyond the estimator's noise"
-            if k else f"{b} did not change what the model relies on beyond the estimator's noise in any of {n} examples")
+    head = (f"{who} changed what the model relies on in {k} of {n} examples beyond the estimator's noise"
+            if k else f"{who} did not change what the model relies on beyond the estimator's noise in any of {n} examples")
     agree = row["spearman_corrected"]
-    tail = (f"; its importance rankings agree with {a}'s at Spearman {row['spearman']:.2f} "
+    tail = (f"; its importance rankings agree with the {a}'s at Spearman {row['spearman']:.2f} "
             f"({agree:.2f} corrected for estimator noise, {_interval(row['corrected_ci_low'], row['corrected_ci_high'])})"
             if np.isfinite(agree) else "")
     return f"{head} (share {row['share_changed']:.2f}, {_interval(row['share_ci_low'], row['share_ci_high'])}){tail}."
