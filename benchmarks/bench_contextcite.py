@@ -220,6 +220,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-random", type=int, default=16)
     ap.add_argument("--masking", default="attention", help="auto's masking (its default: attention); "
                     "another value is written to *_<masking>.csv/md")
+    ap.add_argument("--tag", default="", help="appended to the output files' names (e.g. short18)")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
         rows.append(row)
         log.info("%s", row)
     df = pd.DataFrame(rows)
-    suffix = ("_quick" if args.quick else "") + ("" if args.masking == "attention" else f"_{args.masking}")
+    suffix = ("_quick" if args.quick else "") + ("" if args.masking == "attention" else f"_{args.masking}") + \
+        (f"_{args.tag}" if args.tag else "")
     df.to_csv(args.out / f"bench_contextcite{suffix}.csv", index=False)
     write_note(df, args, suffix, load_start)
     return 0
