@@ -134,10 +134,12 @@ def word_order(word_values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(word_values, float), kind="stable")
 
 
-def run_auto(model, tok, case: Case, unit: str, masking: str = "attention") -> tuple[np.ndarray, dict, float]:
+def run_auto(model, tok, case: Case, unit: str, masking: str = "attention",
+             score: str = "log_odds") -> tuple[np.ndarray, dict, float]:
     """Word importances ``(n_words,)`` (values summed over target tokens, and over a word's tokens), stats, seconds."""
     prompt = encode_prompt(case.parts, tok)
-    task = make_task(model, tok, case.parts, case.target_ids, input_ids=prompt.input_ids, unit=unit, seed=0, masking=masking)
+    task = make_task(model, tok, case.parts, case.target_ids, input_ids=prompt.input_ids, unit=unit, seed=0,
+                     masking=masking, score=score)
     start = time.perf_counter()
     [exp], [stats] = explain_tasks([task], "auto", progress=False)
     seconds = time.perf_counter() - start
@@ -220,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-random", type=int, default=16)
     ap.add_argument("--masking", default="attention", help="auto's masking (its default: attention); "
                     "another value is written to *_<masking>.csv/md")
+    ap.add_argument("--score", default="log_odds", help="auto's score (its default: log_odds); log_prob is the "
+                    "deletion test's own quantity")
     ap.add_argument("--tag", default="", help="appended to the output files' names (e.g. short18)")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
@@ -238,11 +242,11 @@ def main(argv=None) -> int:
         groups = feature_groups(tok, encode_prompt(case.parts, tok).input_ids, "word")
         if len(groups) != n_words:
             raise RuntimeError(f"{case.name}: {len(groups)} word groups vs {n_words} words")
-        vw, sw, secw = run_auto(model, tok, case, "word", args.masking)
+        vw, sw, secw = run_auto(model, tok, case, "word", args.masking, args.score)
         if all(len(g) == 1 for g in groups):  # every word one token: the token run is the word run, reused
             vt, st, sect = vw, sw, secw
         else:
-            vt, st, sect = run_auto(model, tok, case, "token", args.masking)
+            vt, st, sect = run_auto(model, tok, case, "token", args.masking, args.score)
         vc, secc = run_contextcite(model, cc_tok, case, args.ablations, args.cc_batch)
         score = word_deletion_scorer(model, tok, case)
         rand = float(np.mean([deletion_aopc(score, np.random.default_rng(s).permutation(n_words), n_words)
@@ -264,7 +268,7 @@ def main(argv=None) -> int:
         log.info("%s", row)
     df = pd.DataFrame(rows)
     suffix = ("_quick" if args.quick else "") + ("" if args.masking == "attention" else f"_{args.masking}") + \
-        (f"_{args.tag}" if args.tag else "")
+        ("" if args.score == "log_odds" else f"_{args.score}") + (f"_{args.tag}" if args.tag else "")
     df.to_csv(args.out / f"bench_contextcite{suffix}.csv", index=False)
     write_note(df, args, suffix, load_start)
     return 0
