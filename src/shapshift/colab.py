@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,7 @@ def load_model_for(cfg: RunConfig) -> tuple[Any, Any]:
     """The config's model and tokenizer, loaded once per session (a rerun of a cell reuses them)."""
     from .pipeline import load_run_model
 
-    m = cfg.model
-    key = (m.spec, m.device, m.dtype, m.trust_remote_code, m.tokenizer, m.served_name, m.api_key_env, m.concurrency)
+    key = tuple(sorted(asdict(cfg.model).items()))  # every model setting: another value loads another model
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time: a 16 GB Colab GPU holds few
         _MODELS[key] = load_run_model(cfg)

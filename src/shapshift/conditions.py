@@ -131,6 +131,11 @@ def order_key(name: str) -> tuple[int, str]:
     return (names.index(name), "") if name in names else (len(names), name)
 
 
+def ordered(names) -> list[str]:
+    """Distinct condition names in display order (:func:`order_key`)."""
+    return sorted(set(names), key=order_key)
+
+
 def _color(name: str) -> str:
     return PALETTE[sum(map(ord, name)) % len(PALETTE)]
 

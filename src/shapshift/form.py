@@ -185,8 +185,7 @@ def config_from_form(form: Mapping[str, Any], runs_dir: str | os.PathLike | None
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, Mapping) and f"{prefix}{k}" in ("model", "data", "generation", "explain", "adapt",
-                                                         "compare", "adapt.finetune"):
+        if isinstance(v, Mapping) and f"{prefix}{k}" not in config_keys():  # a section, not a setting
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

@@ -28,10 +28,6 @@ LENS_LABELS = {"input_x_gradient": "input × gradient", "integrated_gradients": 
 KIND_TITLES = {"agreement": "explanation: lens vs SHAP", "shift": "shift from the baseline: lens vs SHAP"}
 
 
-def _order(conds) -> list[str]:
-    return sorted(set(conds), key=conditions.order_key)
-
-
 def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
     """Draw ``figures/lenses_agreement.png`` from a lens summary (:func:`shapshift.lenses.summarize_lenses`)."""
     import matplotlib.pyplot as plt
@@ -44,7 +40,7 @@ def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
     width = 0.8 / max(1, len(lenses))
     for ax, kind in zip(axes, ("agreement", "shift")):
         part = rho[rho["kind"] == kind]
-        conds = _order(part["condition"])
+        conds = conditions.ordered(part["condition"])
         for j, lens in enumerate(lenses):
             rows = part[part["method"] == lens].set_index("condition").reindex(conds)
             x = np.arange(len(conds)) + (j - (len(lenses) - 1) / 2) * width

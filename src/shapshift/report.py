@@ -75,11 +75,6 @@ def _label(condition: str) -> str:
     return conds_registry.label(condition)
 
 
-def _ordered(names) -> list[str]:
-    """Conditions in registry order (:func:`shapshift.conditions.order_key`)."""
-    return sorted(set(names), key=conds_registry.order_key)
-
-
 def _pair_label(a: str, b: str) -> str:
     return f"{_label(a)} vs {_label(b)}"
 
@@ -113,7 +108,7 @@ def save_figure(fig: plt.Figure, store: RunStore, name: str) -> Path:
 def _vs_baseline(df: pd.DataFrame) -> list[str]:
     """The conditions compared with the baseline in ``df``, noise floor last."""
     cs = df.loc[df["condition_a"] == BASELINE, "condition_b"].unique().tolist()
-    return _ordered(cs)
+    return conds_registry.ordered(cs)
 
 
 # -- overlap@k curves -----------------------------------------------------------------------------
@@ -180,7 +175,7 @@ def plot_overlap_curves(curves: pd.DataFrame, store: RunStore, *, n_bootstrap: i
 def plot_heatmap(summary: pd.DataFrame, store: RunStore, *, metric: str = "feature_agreement") -> Path:
     """``overlap_heatmap.png``: condition × condition mean ``metric`` (aggregate scope), one panel per k."""
     s = summary[(summary["scope"] == "aggregate") & (summary["metric"] == metric)]
-    conds = [c for c in _ordered(set(s["condition_a"]) | set(s["condition_b"])) if c != NOISE_FLOOR]
+    conds = [c for c in conds_registry.ordered(set(s["condition_a"]) | set(s["condition_b"])) if c != NOISE_FLOOR]
     conds = conds or [BASELINE]
     specs = list(dict.fromkeys(s["k_spec"])) or ["all"]
     fig, axes = plt.subplots(1, len(specs), figsize=(2.9 * len(specs) + 2.4, 3.6), squeeze=False)
@@ -258,7 +253,7 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
     ``explanations``: ``{condition: shap.Explanation}`` of one example. Inputs longer than
     ``max_tokens`` show the ``max_tokens`` tokens of largest |value| under any condition, in text order.
     """
-    conds = [c for c in _ordered(explanations) if c != NOISE_FLOOR]
+    conds = [c for c in conds_registry.ordered(explanations) if c != NOISE_FLOOR]
     vals = {c: ov.aggregate(explanations[c], how) for c in conds}
     data = getattr(explanations[conds[0]], "data", None)
     tokens = [str(t) for t in (range(len(vals[conds[0]])) if data is None else data)]

@@ -28,12 +28,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArtifactError
+from .result import TABLE_COLUMNS
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: Columns of the long explanation table (one row per example × output token × input token).
-EXPLANATION_COLUMNS = ["example_id", "condition", "out_pos", "out_token", "in_pos", "in_token", "value", "base_value"]
+EXPLANATION_COLUMNS = TABLE_COLUMNS  # the long table's contract columns (shapshift.result)
 _PACKAGES = ("shapshift", "torch", "transformers", "shap", "datasets", "peft", "numpy", "pandas", "pyarrow")
 
 
