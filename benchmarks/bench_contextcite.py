@@ -3,7 +3,8 @@
 The same SmolLM2 weights (``smollm2-135m``, CPU, one torch thread) and the same prompts explain
 each input three ways in one run:
 
-- ``auto`` with ``unit=word`` at the default precision (``explain.precision`` unset: 0.95 on CPU),
+- ``auto`` with ``unit=word`` at the default precision (``explain.precision`` unset: 0.95 on CPU) and the
+  library's default masking and score (deletion, log-probability; ``--masking``, ``--score`` to change),
 - ``auto`` with tokens (its values summed over the tokens of each word to rank words),
 - ContextCite 0.0.4 (``context-cite`` on PyPI: a Lasso surrogate fitted on 64 random ablations,
   keep probability 0.5) with one source per word. Its own word splitter needs spaCy and its
@@ -24,10 +25,11 @@ difference ``auto(word) − ContextCite``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py            # 6 + 3 inputs
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --quick    # 1 + 1 inputs
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --n-long 0 --masking delete
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --n-short 18 --n-long 6 --tag short18_long6
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py --n-long 0 --masking attention --score log_odds
 
 Needs ``pip install context-cite`` (it pulls spaCy and NLTK; neither is used for splitting here).
-Writes ``benchmarks/bench_contextcite.csv`` and ``benchmarks/CONTEXTCITE.md``.
+Writes ``benchmarks/bench_contextcite_<masking>_<score>[_<tag>].csv`` and ``benchmarks/CONTEXTCITE_<masking>_<score>[_<tag>].md``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from common import (  # noqa: E402
     spearman,
 )
 
+from shapshift.config import ExplainConfig, resolve_masking  # noqa: E402
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.explainers.api import auto_precision  # noqa: E402
 from shapshift.generation import generate  # noqa: E402
@@ -134,8 +137,7 @@ def word_order(word_values: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(word_values, float), kind="stable")
 
 
-def run_auto(model, tok, case: Case, unit: str, masking: str = "attention",
-             score: str = "log_odds") -> tuple[np.ndarray, dict, float]:
+def run_auto(model, tok, case: Case, unit: str, masking: str, score: str) -> tuple[np.ndarray, dict, float]:
     """Word importances ``(n_words,)`` (values summed over target tokens, and over a word's tokens), stats, seconds."""
     prompt = encode_prompt(case.parts, tok)
     task = make_task(model, tok, case.parts, case.target_ids, input_ids=prompt.input_ids, unit=unit, seed=0,
@@ -220,10 +222,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ablations", type=int, default=64, help="ContextCite's ablations per example")
     ap.add_argument("--cc-batch", type=int, default=16, help="ContextCite's batch size (left padding)")
     ap.add_argument("--n-random", type=int, default=16)
-    ap.add_argument("--masking", default="attention", help="auto's masking (its default: attention); "
-                    "another value is written to *_<masking>.csv/md")
-    ap.add_argument("--score", default="log_odds", help="auto's score (its default: log_odds); log_prob is the "
-                    "deletion test's own quantity")
+    ap.add_argument("--masking", default=resolve_masking(ExplainConfig().masking),
+                    help="auto's masking (default: the library's, delete); the output files are named by masking and score")
+    ap.add_argument("--score", default=ExplainConfig().score,
+                    help="auto's score (default: the library's, log_prob: the deletion test's own quantity)")
     ap.add_argument("--tag", default="", help="appended to the output files' names (e.g. short18)")
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
@@ -267,8 +269,7 @@ def main(argv=None) -> int:
         rows.append(row)
         log.info("%s", row)
     df = pd.DataFrame(rows)
-    suffix = ("_quick" if args.quick else "") + ("" if args.masking == "attention" else f"_{args.masking}") + \
-        ("" if args.score == "log_odds" else f"_{args.score}") + (f"_{args.tag}" if args.tag else "")
+    suffix = ("_quick" if args.quick else "") + f"_{args.masking}_{args.score}" + (f"_{args.tag}" if args.tag else "")
     df.to_csv(args.out / f"bench_contextcite{suffix}.csv", index=False)
     write_note(df, args, suffix, load_start)
     return 0
@@ -295,7 +296,7 @@ def write_note(df: pd.DataFrame, args, suffix: str, load_start: str) -> None:
         f"(`Review: …\\nSentiment:`) and {(df.set == 'paragraph').sum()} Alpaca paragraphs with their instruction "
         "as the query (`Context: …\\n\\nQuery: …`), chat template, the model's greedy continuation of at most "
         f"{args.max_new_tokens} tokens as the target for every method. `auto` at its default precision "
-        f"({auto_precision():g} on CPU, max_evals 512, seed 0, masking {args.masking}) with `unit=word` and with tokens (token values "
+        f"({auto_precision():g} on CPU, max_evals 512, seed 0, masking {args.masking}, score {args.score}) with `unit=word` and with tokens (token values "
         f"summed per word); ContextCite 0.0.4 per word (whitespace words, the same as `unit=word`), "
         f"{args.ablations} ablations, Lasso surrogate, batch {args.cc_batch}. Made by:", "",
         f"    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_contextcite.py{' '.join([''] + sys.argv[1:])}", "",

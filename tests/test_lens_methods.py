@@ -13,6 +13,7 @@ import torch
 from tiny_models import tiny
 
 import shapshift
+from shapshift.config import ExplainConfig
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
 from shapshift.explainers.api import to_parts
 
@@ -86,7 +87,7 @@ def test_integrated_gradients_base_value_is_the_baseline_embeddings_score(baseli
     scorer = task.make_scorer()
     row = {"pad": table[scorer.mask_token_id], "zero": torch.zeros(32, dtype=torch.float64),
            "mean": table.mean(0)}[baseline]
-    ref = naive_scores(model, task, row.expand(task.n_features, -1).clone(), "log_odds")
+    ref = naive_scores(model, task, row.expand(task.n_features, -1).clone(), task.score)
     np.testing.assert_allclose(exp.base_values, ref, rtol=1e-5)
     np.testing.assert_allclose(st["score_full"], scorer.full(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(st["score_baseline"], exp.base_values)
@@ -96,7 +97,7 @@ def test_input_x_gradient_is_relative_to_the_zero_embedding():
     model, tok = tiny("gpt2", torch.float64)
     task = task_for(model, tok)
     [exp], _ = explain_tasks([task], "input_x_gradient", progress=False)
-    ref = naive_scores(model, task, torch.zeros(task.n_features, 32, dtype=torch.float64), "log_odds")
+    ref = naive_scores(model, task, torch.zeros(task.n_features, 32, dtype=torch.float64), task.score)
     np.testing.assert_allclose(exp.base_values, ref, rtol=1e-5)
 
 
@@ -152,7 +153,7 @@ def test_every_lens_on_every_architecture(arch, smollm2, one_thread):
         assert list(exp.data) == list(shap_exp.data) and list(exp.output_names) == list(shap_exp.output_names)
         assert np.all(np.isfinite(exp.values)) and np.abs(exp.values).max() > 0
         if "gradient" in method:
-            task = task_for(model, tok, score="log_odds")
+            task = task_for(model, tok, score=ExplainConfig().score)  # the score explain() explained above
             [_], [st] = explain_tasks([task], method, progress=False)
             np.testing.assert_allclose(st["score_full"], full, rtol=1e-4, atol=1e-4)
             if method == "integrated_gradients" and arch != "smollm2":  # a real model needs ~128 steps for 2 %

@@ -36,7 +36,8 @@ def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    cfg = tiny_config(tmp_path_factory.mktemp("runs"))
+    # log-odds, the score that is not the default: with logprob_run (the default score) both units run end to end
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), explain__score="log_odds")
     run(cfg, STAGES)
     return cfg
 
@@ -319,7 +320,8 @@ def test_unfinished_results_of_other_settings_are_discarded(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def logprob_run(tmp_path_factory):
-    """A finished run that explains the reference under log_prob with exact Shapley values, few-shot left out."""
+    """A finished run that explains the reference under log_prob (the default score, stated) with exact Shapley
+    values, few-shot left out."""
     cfg = tiny_config(tmp_path_factory.mktemp("logprob"), explain__target="reference", explain__score="log_prob",
                       explain__method="exact", explain__noise_floor=False, data__max_input_tokens=6,
                       adapt__conditions=["zero_shot", "finetuned"], compare__n_plot_examples=3)
@@ -365,7 +367,8 @@ def _png_text(path) -> str:
 
 
 def test_units_follow_the_score(logprob_run, finished_run):
-    """Item 4: under explain.score=log_prob the report and figures say log-probability, never log-odds."""
+    """Item 4: under explain.score=log_prob the report and figures say log-probability, never log-odds; under
+    log_odds they say log-odds."""
     text = (logprob_run.run_dir / "report.html").read_text()
     assert "log-probability" in text and "log-odds" not in text
     figure = sorted((logprob_run.run_dir / "figures").glob("example_*_tokens.png"))[0]

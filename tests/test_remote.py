@@ -201,8 +201,7 @@ def test_explain_through_the_server_generates_and_explains(remote, smollm2):
     """explain() with no targets: greedy generation through the server, then kernel SHAP; efficiency holds."""
     model, tokenizer = remote
     local, _ = smollm2
-    [exp] = explain(model, tokenizer, [SENTENCES[3]], context=TEMPLATE, masking="delete", max_new_tokens=2,
-                    progress=False)
+    [exp] = explain(model, tokenizer, [SENTENCES[3]], context=TEMPLATE, max_new_tokens=2, progress=False)  # defaults
     assert exp.values.shape[1] >= 1
     full = exp.base_values + exp.values.sum(0)
     prompt = encode_prompt(build_prompt(SENTENCES[3], TEMPLATE, tokenizer, chat=False), tokenizer)
@@ -211,7 +210,7 @@ def test_explain_through_the_server_generates_and_explains(remote, smollm2):
     [local_gen] = generate(local, tokenizer, [[model.prepend_bos, *prompt.ids]], max_new_tokens=2, progress=False)
     [remote_gen] = generate(model, tokenizer, [prompt.ids], max_new_tokens=2, progress=False)
     assert remote_gen == local_gen
-    ref = model.make_scorer(prompt, remote_gen, score="log_odds").full()
+    ref = model.make_scorer(prompt, remote_gen).full()  # the default score, as explain()'s
     np.testing.assert_allclose(full, ref, atol=1e-6)
 
 

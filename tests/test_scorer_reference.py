@@ -26,6 +26,7 @@ from reference_scorer import naive_scores
 from tiny_models import tiny
 
 import shapshift
+from shapshift.config import DEFAULT_SCORE
 from shapshift.prompting import PromptParts, build_prompt, encode_prompt
 from shapshift.scoring import MASKINGS, TeacherForcedScorer
 
@@ -189,6 +190,6 @@ def test_the_first_calls_a_user_types_on_smollm2(smollm2, method):
         target_ids = (tok(target, add_special_tokens=False)["input_ids"] if target is not None
                       else naive_greedy(model, tok, prompt.ids, 3))
         full = naive_scores(model, tok, prompt.prefix_ids, prompt.input_ids, prompt.suffix_ids, target_ids,
-                            np.ones((1, len(prompt.input_ids)), bool), masking="attention")[0]
+                            np.ones((1, len(prompt.input_ids)), bool), score=DEFAULT_SCORE)[0]
         assert len(exp.output_names) == len(target_ids) >= 1
         np.testing.assert_allclose(exp.base_values + exp.values.sum(axis=0), full, atol=1e-3, rtol=0)

@@ -75,8 +75,28 @@ def test_full_input_matches_an_ordinary_forward_pass(arch, request):
     lp = logp[torch.arange(len(target)), torch.tensor(target)].numpy()
     expected = lp - np.log(-np.expm1(lp))
     for masking in MASKINGS:
-        np.testing.assert_allclose(TeacherForcedScorer(model, prompt, target, masking=masking).full(), expected,
-                                   atol=1e-4)
+        scorer = TeacherForcedScorer(model, prompt, target, masking=masking, score="log_odds")
+        np.testing.assert_allclose(scorer.full(), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["tiny_neo", "tiny_llama"])
+def test_by_default_a_masked_token_is_deleted_and_the_score_is_its_log_probability(arch, request):
+    """The defaults (``explain.masking: auto``, ``explain.score``) against plain forward passes: each coalition's
+    score is ``log p(target token)`` after the text with the masked tokens left out."""
+    from shapshift.config import ExplainConfig, resolve_masking
+
+    model, tok = request.getfixturevalue(arch)
+    prompt, target = _prompt_and_target(tok)
+    masks = _masks(len(prompt.input_ids), m=5, seed=4)
+    defaults = ExplainConfig()
+    got = TeacherForcedScorer(model, prompt, target, masking=resolve_masking(defaults.masking),
+                              score=defaults.score)(masks)
+    for mask, row in zip(masks, got):
+        kept = [t for t, k in zip(prompt.input_ids, mask) if k]
+        ids = torch.tensor([prompt.prefix_ids + kept + prompt.suffix_ids + target])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -len(target) - 1:-1].double(), -1)
+        np.testing.assert_allclose(row, logp[torch.arange(len(target)), torch.tensor(target)].numpy(), atol=1e-4)
 
 
 def test_delete_masking_equals_scoring_the_shortened_input(tiny_llama):
@@ -99,8 +119,8 @@ def test_attention_masking_hides_the_masked_tokens(tiny_llama):
     masks[:, 3] = False
     other = type(prompt)(prompt.prefix_ids, list(prompt.input_ids), prompt.suffix_ids)
     other.input_ids[3] = tok("zebra", add_special_tokens=False)["input_ids"][0]
-    a = TeacherForcedScorer(model, prompt, target)(masks)
-    b = TeacherForcedScorer(model, other, target)(masks)
+    a = TeacherForcedScorer(model, prompt, target, masking="attention")(masks)
+    b = TeacherForcedScorer(model, other, target, masking="attention")(masks)
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -175,8 +195,8 @@ def test_leaving_masked_tokens_out_equals_hiding_them(arch, use_cache, request):
     model, tok = request.getfixturevalue(arch)
     prompt, target = _prompt_and_target(tok)
     masks = _masks(len(prompt.input_ids), m=16, seed=3)
-    compact = TeacherForcedScorer(model, prompt, target, batch_size=6, use_cache=use_cache)
-    hidden = TeacherForcedScorer(model, prompt, target, batch_size=6, use_cache=use_cache)
+    compact = TeacherForcedScorer(model, prompt, target, masking="attention", batch_size=6, use_cache=use_cache)
+    hidden = TeacherForcedScorer(model, prompt, target, masking="attention", batch_size=6, use_cache=use_cache)
     hidden.compact = False
     assert compact.compact
     np.testing.assert_allclose(compact(masks), hidden(masks), atol=1e-4, rtol=0)
@@ -190,7 +210,7 @@ def test_windowed_attention_keeps_masked_tokens_in_place(tiny_neo):
     model, tok = tiny_neo
     prompt, target = _prompt_and_target(tok)
     assert has_windowed_attention(model)
-    assert not TeacherForcedScorer(model, prompt, target).compact
+    assert not TeacherForcedScorer(model, prompt, target, masking="attention").compact
 
 
 @pytest.mark.parametrize("masking", ["attention", "delete"])

@@ -64,7 +64,7 @@ def test_every_form_field_sets_a_config_key():
     probes = {str: "x-changed", int: 7, float: 0.125, bool: False}
     base = form.config_from_form(form.FORM_DEFAULTS).to_dict()
     choices = {"model_spec": "smollm2-135m", "model_dtype": "bfloat16", "explain_method": "kernel",
-               "explain_masking": "delete", "explain_unit": "word", "explain_precision": 0.9,
+               "explain_masking": "attention", "explain_unit": "word", "explain_precision": 0.9,
                "adapt_conditions": "few_shot", "adapt_finetune_method": "full", "compare_ks": "2, 4",
                "data_label_names": "0: bad, 1: good", "data_template": "Text: {input} =>", "data_target_column": "other",
                "data_label_column": "other", "run_name": "another"}
@@ -90,19 +90,20 @@ def test_the_form_defaults_are_the_colab_config():
 def test_masking_and_automatic_batch_size_work_from_every_entry_point(tmp_path, how):
     if how == "yaml":
         path = tmp_path / "run.yaml"
-        path.write_text("explain:\n  masking: delete\n  batch_size: null\n")
+        path.write_text("explain:\n  masking: attention\n  batch_size: null\n")
         cfg = RunConfig.from_yaml(path)
     elif how == "set":
-        cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["explain.masking=delete", "explain.batch_size=null"])
+        cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["explain.masking=attention", "explain.batch_size=null"])
     else:
-        cfg = form.config_from_form({**form.FORM_DEFAULTS, "explain_masking": "delete",
+        cfg = form.config_from_form({**form.FORM_DEFAULTS, "explain_masking": "attention",
                                      "extra_settings": "explain.batch_size=null"})
-    assert cfg.explain.masking == "delete" and cfg.explain.batch_size is None
+    assert cfg.explain.masking == "attention" and cfg.explain.batch_size is None
 
 
 def test_a_run_explains_with_the_configured_masking(tmp_path, one_thread):
-    """The pipeline passes explain.masking to the scorer: its values are explain()'s with that masking."""
-    cfg = tiny_config(tmp_path, explain__masking="delete", explain__batch_size=None, explain__method="exact",
+    """The pipeline passes explain.masking to the scorer: its values are explain()'s with that masking (attention,
+    not the default deletion)."""
+    cfg = tiny_config(tmp_path, explain__masking="attention", explain__batch_size=None, explain__method="exact",
                       explain__noise_floor=False, data__n_explain=2)
     run(cfg, ("preprocess", "explain"))
     ids, exps = load_condition(cfg.run_dir, "baseline")
@@ -115,7 +116,7 @@ def test_a_run_explains_with_the_configured_masking(tmp_path, one_thread):
     for exp, row in zip(exps, rows.itertuples()):
         parts = PromptParts(row.prompt_prefix, row.input_text, row.prompt_suffix)
         target = [tok.convert_tokens_to_ids(tok.tokenize(t))[0] for t in exp.output_names]
-        for masking, same in (("delete", True), ("attention", False)):
+        for masking, same in (("attention", True), ("delete", False)):
             [again] = shapshift.explain(model, tok, [parts], targets=[target], method="exact", masking=masking,
                                         progress=False)
             assert np.allclose(again.values, exp.values, atol=1e-5) == same, masking

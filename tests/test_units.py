@@ -14,6 +14,7 @@ from reference_scorer import naive_scores
 from tiny_models import tiny
 
 import shapshift
+from shapshift.config import DEFAULT_MASKING, DEFAULT_SCORE
 from shapshift.errors import ConfigError
 from shapshift.prompting import build_prompt, encode_prompt, feature_groups
 from shapshift.store import RunStore, frame_to_explanations, load_explanations, save_explanations
@@ -80,7 +81,7 @@ def test_word_values_are_the_shapley_values_of_the_word_game(arch, unit):
         for g in np.flatnonzero(unit_mask):
             token_mask[groups[g]] = True
         return naive_scores(model, tok, prompt.prefix_ids, prompt.input_ids, prompt.suffix_ids, target_ids,
-                            token_mask[None], masking="attention", score="log_odds")[0]
+                            token_mask[None], masking=DEFAULT_MASKING, score=DEFAULT_SCORE)[0]
 
     expected = brute_force_shapley(game, len(groups))
     assert exp.values.shape == (len(groups), len(target_ids))

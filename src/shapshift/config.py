@@ -26,6 +26,15 @@ from .errors import ConfigError
 MASKINGS = ("attention", "delete", "replace")
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
+#: The default score: the log-probability of each target token, so an output token's values sum (with the base
+#: value) to its log-probability and a generation's to the log-probability of the whole continuation, the
+#: quantity a deletion test and ContextCite measure (``benchmarks/CONTEXTCITE_*.md``). ``log_odds`` is
+#: ``shap.models.TeacherForcing``'s convention.
+DEFAULT_SCORE = "log_prob"
+#: What "absent" means by default: the feature is deleted from the text (later tokens move up), as a reader
+#: removes a word, and the same for a model in this process and one behind an API (``benchmarks/CONTEXTCITE_*.md``,
+#: ``benchmarks/RESULTS.md``'s masking study).
+DEFAULT_MASKING = "delete"
 #: The unit of a SHAP value (and of the base value) under each score, as reports and figures name it.
 SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
 #: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
@@ -38,23 +47,15 @@ CONDITIONS = tuple(_conditions.stage3_names())
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
 REMOTE_MASKINGS = ("delete", "replace")
-#: ``explain.masking``'s choices: ``auto`` is attention masking for a model in this process, deletion for one behind an API
-#: (and an estimator's own, e.g. partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
+#: ``explain.masking``'s choices: ``auto`` is :data:`DEFAULT_MASKING` for every model (and an estimator's own, e.g.
+#: partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
 EXPLAIN_MASKINGS = ("auto", *MASKINGS)
 
 
-class _Remote:  # stands for any remote model in resolve_masking
-    is_remote = True
-
-
-_REMOTE = _Remote()
-
-
-def resolve_masking(masking: str, model: Any = None) -> str:
-    """The masking a scorer runs: ``auto`` becomes ``delete`` for a remote model and ``attention`` otherwise."""
-    if masking != "auto":
-        return masking
-    return "delete" if getattr(model, "is_remote", False) else "attention"
+def resolve_masking(masking: str) -> str:
+    """The masking a scorer runs: ``auto`` becomes :data:`DEFAULT_MASKING` (deletion), for a model in this process
+    and one behind an API alike."""
+    return DEFAULT_MASKING if masking == "auto" else masking
 
 
 def is_remote(spec: str) -> bool:
@@ -143,11 +144,12 @@ class GenerationConfig:
 class ExplainConfig:
     """The SHAP estimator and what it explains.
 
-    ``score``: ``log_odds`` (as ``shap.models.TeacherForcing``) or ``log_prob`` of each target token.
+    ``score``: ``log_prob`` (the default, :data:`DEFAULT_SCORE`) or ``log_odds`` (as ``shap.models.TeacherForcing``)
+    of each target token, in nats.
     ``target``: ``baseline`` (every condition explains the baseline's generation), ``own`` (each
     condition its own generation) or ``reference`` (the dataset's target column).
     ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`);
-    ``auto``: attention masking, or deletion for a model behind an API (:func:`resolve_masking`).
+    ``auto``: deletion, for every model (:func:`resolve_masking`); ``attention`` keeps the other tokens' positions.
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
     ``batch_size``: coalitions per forward pass; ``None`` (the default) picks it from the device's free memory.
     ``options``: the estimators' settings (e.g. ``{fanout: 4}`` for ``hierarchical``, ``{n_steps: 64}`` for
@@ -164,7 +166,7 @@ class ExplainConfig:
     method: str = "auto"
     max_evals: int = 512
     batch_size: int | None = None
-    score: str = "log_odds"
+    score: str = DEFAULT_SCORE
     masking: str = "auto"
     target: str = "baseline"
     seed: int = 0
@@ -334,7 +336,7 @@ class RunConfig:
                               "an API: gradients, attention maps and shap's own model wrapper need its weights.",
                               "Leave explain.methods empty (null) and use a SHAP method such as auto for a remote "
                               "model; SHAP needs only its scores.")
-        if resolve_masking(self.explain.masking, _REMOTE) not in REMOTE_MASKINGS:
+        if resolve_masking(self.explain.masking) not in REMOTE_MASKINGS:
             raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
                               "attention masking needs the model's attention mask, which an API does not expose.",
                               "Set --set explain.masking=delete (tokens left out of the prompt) or replace.")

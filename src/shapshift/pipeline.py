@@ -138,7 +138,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
     meta = {"method": method, "methods_used": methods, "score": ex.score,
-            "masking": masking_used(method, resolve_masking(ex.masking, model)),  # partition: shap's Text masker
+            "masking": masking_used(method, resolve_masking(ex.masking)),  # partition: shap's Text masker
             "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
     save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)

@@ -49,7 +49,7 @@ from .compare import (  # noqa: E402
     load_condition,
 )
 from .conditions import BASELINE, NOISE_FLOOR  # noqa: E402
-from .config import SCORE_UNITS, CompareConfig  # noqa: E402
+from .config import DEFAULT_SCORE, SCORE_UNITS, CompareConfig  # noqa: E402
 from .errors import ArtifactError  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
@@ -66,8 +66,8 @@ METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank a
 
 
 def score_unit(store: RunStore) -> str:
-    """The unit of the run's SHAP values (``explain.score`` in the manifest; log-odds when unrecorded)."""
-    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", "log_odds")
+    """The unit of the run's SHAP values (``explain.score`` in the manifest; the default score's when unrecorded)."""
+    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", DEFAULT_SCORE)
     return SCORE_UNITS.get(score, str(score))
 
 

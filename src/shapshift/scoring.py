@@ -24,14 +24,14 @@ model's start token there when no text precedes the input), so the first target 
 token to be predicted from, the fully masked input included.
 
 Masking (``masking=``), i.e. what "feature absent" means:
-- ``attention`` (default): nothing attends to masked tokens; the other tokens keep their positions,
+- ``attention``: nothing attends to masked tokens; the other tokens keep their positions,
   so the model sees a gap, and the first target token is predicted at the last token the model
   sees (a masked last input token's own hidden state is never read: it would carry the token).
   The masked tokens are left out of the forward pass altogether (each row holds only its kept
   tokens, with their original ``position_ids``), which gives the same scores for fewer tokens;
   models with local/sliding-window attention, whose windows count sequence slots rather than
   positions, keep the masked tokens in place, hidden by the attention mask.
-- ``delete``: masked tokens are removed and later tokens move up, as in a shortened text (rows are
+- ``delete`` (the default, :data:`shapshift.config.DEFAULT_MASKING`): masked tokens are removed and later tokens move up, as in a shortened text (rows are
   right-padded, so no real token sees a pad, and each row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
 
@@ -40,7 +40,9 @@ time, the whole sequence built by hand) on random prompt shapes and architecture
 
 Which one measures better was decided by the fidelity numbers of ``benchmarks/RESULTS.md``
 (deletion AOPC of exact Shapley values under each masking, real text deletion as the yardstick,
-smollm2-135m): see the masking section there. ``attention`` stays the default.
+smollm2-135m; deletion a little ahead) and ``benchmarks/CONTEXTCITE*.md`` (on 18 SST-2 sentences, ``auto``'s
+values under deletion and the log-prob score tie ContextCite under word deletion, those under attention masking and
+log-odds do not): ``delete`` is the default, and the same for a model in this process and one behind an API.
 
 Over 400 lines on purpose: batching, the cached prefix, compaction and the three maskings are one
 algorithm, checked as a whole against a naive scorer (tests/test_scorer_reference.py).
@@ -58,7 +60,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .backoff import is_oom, smaller
-from .config import MASKINGS, SCORES
+from .config import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, SCORES
 from .models import model_device
 from .prompting import EncodedPrompt
 
@@ -80,7 +82,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def token_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "log_odds") -> torch.Tensor:
+def token_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = DEFAULT_SCORE) -> torch.Tensor:
     """Per-token scores from logits ``(..., vocab)`` and target ids ``(...)``, in float32.
 
     ``log_odds`` = ``log p - log(1 - p)`` computed stably from ``log p``; ``log_prob`` = ``log p``
@@ -93,7 +95,7 @@ def token_scores(logits: torch.Tensor, targets: torch.Tensor, score: str = "log_
     return logp - torch.log(-torch.expm1(logp.clamp(max=-1e-7)))
 
 
-def scores_from_logprobs(logp: np.ndarray, score: str = "log_odds") -> np.ndarray:
+def scores_from_logprobs(logp: np.ndarray, score: str = DEFAULT_SCORE) -> np.ndarray:
     """:func:`token_scores` from the target tokens' log-probabilities ``logp`` (any shape, nats), float64.
 
     ``log_odds`` needs only ``log p``: ``1 - p`` is the mass of every other token.
@@ -192,7 +194,7 @@ class TeacherForcedScorer:
     """
 
     def __init__(self, model: PreTrainedModel, prompt: EncodedPrompt, target_ids: Sequence[int], *,
-                 score: str = "log_odds", masking: str = "attention", batch_size: int | None = None,
+                 score: str = DEFAULT_SCORE, masking: str = DEFAULT_MASKING, batch_size: int | None = None,
                  use_cache: bool = True, mask_token_id: int | None = None, prefix_cache=None) -> None:
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")

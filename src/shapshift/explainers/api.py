@@ -81,7 +81,7 @@ def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts:
         raise ShapshiftError(f"The input text {parts.text!r} has no tokens to explain.", "Pass a non-empty text.")
     check_fits_context(model, len(prompt.ids), len(target_ids), f"The prompt of the input {parts.text[:60]!r}")
     unit = options.pop("unit", "token")
-    options["masking"] = resolve_masking(options.get("masking", "auto"), model)
+    options["masking"] = resolve_masking(options.get("masking", "auto"))
     groups = None if unit == "token" else feature_groups(tokenizer, prompt.input_ids, unit)
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
                        target_ids=[int(t) for t in target_ids], groups=groups, **options)
@@ -212,9 +212,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``input_x_gradient``, ``integrated_gradients`` (Captum, on the input embeddings, w.r.t. the
         same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``; or any
         estimator registered since (:mod:`shapshift.explainers.registry`).
-    score: ``log_odds`` (as shap's TeacherForcing) or ``log_prob`` of each target token.
-    masking: ``auto`` (default: ``attention``, or ``delete`` for a model behind an API), ``attention``, ``delete`` or
-        ``replace``; ``partition`` masks only with shap's ``Text`` masker (``shap_text``: ``...`` for masked
+    score: ``log_prob`` (default) or ``log_odds`` (as shap's TeacherForcing) of each target token, in nats.
+    masking: ``auto`` (default: ``delete``, the text without the feature, for every model), ``delete``,
+        ``attention`` (the other tokens keep their positions; local models only) or ``replace``; ``partition`` masks only with shap's ``Text`` masker (``shap_text``: ``...`` for masked
         tokens), so with it ``masking`` must be ``auto`` or ``shap_text``.
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: the first round uses ``4n + 2`` when that is less).

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..config import DEFAULT_MASKING, DEFAULT_SCORE
 from ..prompting import EncodedPrompt, PromptParts, token_strings
 from ..scoring import make_scorer
 
@@ -29,8 +30,8 @@ class ExplainTask:
     parts: PromptParts
     prompt: EncodedPrompt
     target_ids: list[int]
-    score: str = "log_odds"
-    masking: str = "attention"
+    score: str = DEFAULT_SCORE
+    masking: str = DEFAULT_MASKING
     batch_size: int | None = None  # None: chosen for the device (scoring.auto_batch_size)
     max_evals: int = 512
     seed: int = 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MASKINGS, REMOTE_MASKINGS, SCORES
+from ..config import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, REMOTE_MASKINGS, SCORES
 from ..errors import ConfigError
 from ..scoring import scores_from_logprobs
 
@@ -34,8 +34,8 @@ class RemoteScorer:
     ``n_forward_tokens`` (prompt tokens sent to the server; prompts answered from the cache count 0).
     """
 
-    def __init__(self, model: Any, prompt: Any, target_ids: Sequence[int], *, score: str = "log_odds",
-                 masking: str = "delete", batch_size: int | None = None, use_cache: bool = True,
+    def __init__(self, model: Any, prompt: Any, target_ids: Sequence[int], *, score: str = DEFAULT_SCORE,
+                 masking: str = DEFAULT_MASKING, batch_size: int | None = None, use_cache: bool = True,
                  mask_token_id: int | None = None, prefix_cache: Any = None) -> None:
         if masking not in MASKINGS or score not in SCORES:
             raise ValueError(f"masking must be one of {MASKINGS} and score one of {SCORES}, got {masking!r}, {score!r}")
