@@ -24,6 +24,10 @@ from .errors import ConfigError
 
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
 MASKINGS = ("attention", "delete", "replace")
+#: What an absent feature is under each masking (and under partition's own, shap's ``Text`` masker), as the report says it.
+MASKING_MEANINGS = {"delete": "left out of the text (the later tokens move up)",
+                    "attention": "hidden from attention (the other tokens keep their positions)",
+                    "replace": "replaced by a stand-in token", "shap_text": 'written as "..." (shap\'s Text masker)'}
 #: The score explained per target token.
 SCORES = ("log_odds", "log_prob")
 #: The default score: the log-probability of each target token, so an output token's values sum (with the base

@@ -49,7 +49,14 @@ from .compare import (  # noqa: E402
     load_condition,
 )
 from .conditions import BASELINE, NOISE_FLOOR  # noqa: E402
-from .config import DEFAULT_SCORE, SCORE_UNITS, CompareConfig  # noqa: E402
+from .config import (  # noqa: E402
+    DEFAULT_SCORE,
+    MASKING_MEANINGS,
+    SCORE_UNITS,
+    CompareConfig,
+    ExplainConfig,
+    resolve_masking,
+)
 from .errors import ArtifactError  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
@@ -69,6 +76,16 @@ def score_unit(store: RunStore) -> str:
     """The unit of the run's SHAP values (``explain.score`` in the manifest; the default score's when unrecorded)."""
     score = (store.manifest().get("config") or {}).get("explain", {}).get("score", DEFAULT_SCORE)
     return SCORE_UNITS.get(score, str(score))
+
+
+def masking_meaning(store: RunStore) -> str:
+    """What an absent feature was in the run (``explain.masking`` and ``explain.method`` in the manifest)."""
+    from .explainers.registry import masking_used
+
+    explain = (store.manifest().get("config") or {}).get("explain") or {}
+    masking = masking_used(str(explain.get("method", ExplainConfig.method)),
+                           resolve_masking(str(explain.get("masking", ExplainConfig.masking))))
+    return MASKING_MEANINGS.get(masking, masking)
 
 
 def _label(condition: str) -> str:
@@ -546,7 +563,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
         name=store.dir.resolve().name, run_dir=str(store.dir), aggregate=cfg.aggregate, n_bootstrap=cfg.n_bootstrap,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
-        verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store),
+        verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store), masking=masking_meaning(store),
         rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",
         headline=summary_table_html(headline(summary)), lens_section=lens_section,
         figures={k: _img(figures[k], k.replace("_", " ")) for k in ("overlap_at_k", "overlap_heatmap", "per_example")},
