@@ -17,7 +17,10 @@ environment) and merged into the report when its CSV exists.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py          # ~5 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py --quick  # 2 tables, 2 seeds
 
-Writes ``benchmarks/study_estimators.csv`` and ``benchmarks/ESTIMATORS.md``.
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py --tables benchmarks/tables_delete_log_prob
+
+Writes ``benchmarks/study_estimators.csv`` and ``benchmarks/ESTIMATORS.md`` (tables of another masking or score:
+``study_estimators_<masking>_<score>.csv``, ``ESTIMATORS_<masking>_<score>.md``).
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, spearman  # noqa: E402
 
+from shapshift.config import SCORE_UNITS  # noqa: E402
 from shapshift.explainers import REGISTRY  # noqa: E402
 from shapshift.explainers.base import ExplainTask  # noqa: E402
+from shapshift.explainers.exact import all_coalitions  # noqa: E402
 from shapshift.explainers.precision import expected_rank_agreement, importance  # noqa: E402
+from shapshift.explainers.quadrature import middle_sizes, size_quadrature  # noqa: E402
 from shapshift.scoring import TableScorer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +56,10 @@ def load_tables(folder: Path) -> list[dict]:
     out = []
     for p in sorted(folder.glob("*.npz")):
         d = np.load(p)
-        out.append({"name": p.stem, "n": int(d["n"]), "table": d["table"].astype(np.float64), "exact": d["exact"]})
+        out.append({"name": p.stem, "n": int(d["n"]), "table": d["table"].astype(np.float64), "exact": d["exact"],
+                    # tables recorded before record_tables.py stored them are log-odds under attention masking
+                    "masking": str(d["masking"]) if "masking" in d else "attention",
+                    "score": str(d["score"]) if "score" in d else "log_odds"})
     return sorted(out, key=lambda t: (t["n"], t["name"]))
 
 
@@ -58,6 +67,19 @@ def table_task(table: np.ndarray, budget: int, seed: int) -> ExplainTask:
     """A task of the table's features (no model, tokenizer or prompt needed by the estimators run here)."""
     return ExplainTask(model=None, tokenizer=None, parts=None, prompt=SimpleNamespace(input_ids=[0] * TableScorer(table).n_in),
                        target_ids=[], max_evals=budget, seed=seed)
+
+
+def quadrature_bias_floor(t: dict) -> float:
+    """Relative error of quadrature's rule with the exact ``D(t)`` at its sizes (1, the middle, n − 1): what it
+    keeps at any budget, since only the middle size is sampled and the rest of ``D`` is a polynomial over sizes."""
+    n, table = t["n"], t["table"]
+    x = all_coalitions(n)
+    sizes = x.sum(axis=1)
+    nodes = [1, *middle_sizes(n), n - 1]
+    d = [np.stack([table[(sizes == s) & x[:, i]].mean(0) - table[(sizes == s) & ~x[:, i]].mean(0) for i in range(n)])
+         for s in nodes]
+    phi = (table[-1] - table[0]) / n + sum(w * dk for w, dk in zip(size_quadrature(n, nodes), d)) / n
+    return float(np.linalg.norm(phi - t["exact"]) / np.linalg.norm(t["exact"]))
 
 
 def run(method: str, table: np.ndarray, budget: int, seed: int):
@@ -121,15 +143,16 @@ def report(df: pd.DataFrame, shapiq: pd.DataFrame | None, args) -> str:
                          f"{err.loc[c, 'quadrature']:.3f}")
         verdict.append(text)
     tables = df.groupby("table").n.first()
+    kind = f"{SCORE_UNITS[args.score]}, {args.masking} masking"
     lines = [
         "# Estimators: error vs budget on recorded coalition tables", "",
-        f"{len(tables)} tables (smollm2-135m, SST-2 dev, the model's greedy 6-token continuation, log-odds, "
-        f"attention masking; n = {', '.join(str(v) for v in sorted(tables))} input tokens), every coalition scored, "
+        f"{len(tables)} tables (smollm2-135m, SST-2 dev, the model's greedy 6-token continuation, "
+        f"{kind}; n = {', '.join(str(v) for v in sorted(tables))} input tokens), every coalition scored, "
         f"exact Shapley values as the reference; {args.seeds} seeds per budget. Budget = c·n + 2 evaluations.",
         "Made by:", "",
         "    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/record_tables.py ...   # the tables (see its docstring)",
         "    /work/venv312/bin/python benchmarks/study_shapiq.py                  # shapiq (Python 3.12 venv)",
-        "    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py",
+        f"    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/study_estimators.py{' '.join([''] + sys.argv[1:])}",
         "", "`quadrature` (src/shapshift/explainers/quadrature.py): Shapley values as the sum over coalition sizes t of "
         "D_i(t) (mean value of the size-t coalitions with i minus those without); sizes 1 and n − 1 enumerated "
         "(exact), the middle size from complementary pairs chosen for a well-conditioned design and a ridge "
@@ -148,6 +171,11 @@ def report(df: pd.DataFrame, shapiq: pd.DataFrame | None, args) -> str:
         "## Rerun agreement predicted from the standard errors (explain.precision's estimate)", "",
         markdown_table(prec.reset_index()), "",
         "## Relative error by input length", "", markdown_table(by_n.reset_index()), "",
+        "## quadrature's bias floor", "",
+        "Relative error of quadrature's rule over sizes given the exact D(t) at its sizes (1, the middle, n − 1), "
+        "i.e. what it keeps at any budget short of every coalition: mean "
+        f"{np.mean(list(args.bias_floor.values())):.4f} (per table: "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in args.bias_floor.items())}).", "",
     ]
     return "\n".join(lines) + "\n"
 
@@ -162,15 +190,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     tables = load_tables(args.tables)
+    kinds = {(t["masking"], t["score"]) for t in tables}
+    if len(kinds) != 1:
+        raise SystemExit(f"{args.tables} mixes tables of different maskings or scores: {sorted(kinds)}")
+    (args.masking, args.score), = kinds
     if args.quick:
         tables, args.seeds = tables[:2], 2
+    args.bias_floor = {t["name"]: quadrature_bias_floor(t) for t in tables}
     rows = []
     for t in tables:
         rows += rows_for(t, args.methods.split(","), PER_FEATURE, args.seeds)
     df = pd.DataFrame(rows)
-    suffix = "_quick" if args.quick else ""
+    # benchmarks/tables (log-odds, attention masking) writes the unsuffixed files; other tables are named by their kind
+    kind = "" if (args.masking, args.score) == ("attention", "log_odds") else f"_{args.masking}_{args.score}"
+    suffix = kind + ("_quick" if args.quick else "")
     df.to_csv(args.out / f"study_estimators{suffix}.csv", index=False)
-    shapiq_csv = args.out / "study_shapiq.csv"
+    shapiq_csv = args.out / f"study_shapiq{kind}.csv"
     shapiq = pd.read_csv(shapiq_csv) if shapiq_csv.exists() else None
     if shapiq is not None:
         shapiq = shapiq[shapiq.table.isin(df.table.unique())]

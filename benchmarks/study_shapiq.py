@@ -6,6 +6,7 @@ environment, which needs only numpy, pandas, scipy and shapiq::
     $(pyenv root)/versions/3.12.1/bin/python -m venv /work/venv312
     /work/venv312/bin/pip install "shapiq>=1.5" pandas
     OMP_NUM_THREADS=1 /work/venv312/bin/python benchmarks/study_shapiq.py
+    OMP_NUM_THREADS=1 /work/venv312/bin/python benchmarks/study_shapiq.py --tables benchmarks/tables_delete_log_prob --out benchmarks/study_shapiq_delete_log_prob.csv
 
 Each output token of each table is one game (shapiq approximates one output at a time); the budget
 ``c * n + 2`` is the same as for shapshift's estimators (``study_estimators.py``, which merges the
