@@ -98,6 +98,11 @@ def test_explain_text_cli(tmp_path, capsys):
     exp = pickle.loads(out.read_bytes())
     assert exp.values.shape == (2, 1)
     assert "largest |value|" in capsys.readouterr().out
+    # words as features, to a precision: a word of two tokens is one feature
+    assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "a goodish film", "--target", " yes",
+                 "--unit", "word", "--precision", "0.9", "--out", str(out)]) == 0
+    exp = pickle.loads(out.read_bytes())
+    assert list(exp.data) == ["a", " goodish", " film"] and exp.values.shape == (3, 1)
 
 
 def test_bad_inputs_are_clear_errors(tiny_neo):

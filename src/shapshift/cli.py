@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from .config import (
-    MASKINGS,
+    EXPLAIN_MASKINGS,
     SCORES,
+    UNITS,
     ExplainConfig,
     GenerationConfig,
     RunConfig,
@@ -81,7 +82,7 @@ def _explain_text(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
                     context=args.context, method=args.method, score=args.score, masking=args.masking,
-                    max_evals=args.max_evals, seed=args.seed, max_new_tokens=args.max_new_tokens)
+                    unit=args.unit, precision=args.precision, max_evals=args.max_evals, seed=args.seed, max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
         from .textplot import text_plot_html
 
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accepted for compatibility; reusing what finished under the same config is the default")
     p = sub.add_parser("explain-text", help="explain one ad-hoc text")
     p.add_argument("--model", default="smollm2-135m", help="hub id, folder, smollm2-135m, tiny-gpt-neo, gpt-neo-125m-random "
-                   "or openai-compatible:http://HOST:PORT/v1 (a completions server; use --masking delete)")
+                   "or openai-compatible:http://HOST:PORT/v1 (a completions server)")
     p.add_argument("--text", required=True, help="the input whose tokens are the features")
     p.add_argument("--target", help="the continuation to explain (default: greedy generation)")
     p.add_argument("--context", help="fixed template around the text, with an {input} slot")
@@ -126,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     # checked when run (the estimators' registry loads torch; --help stays quick)
     p.add_argument("--method", default=ex.method,
                    help="auto, or any estimator or lens of shapshift.explainers.method_choices() (checked when run)")
-    p.add_argument("--score", default=ex.score, choices=SCORES)
-    p.add_argument("--masking", default=ex.masking, choices=MASKINGS)
+    p.add_argument("--score", default=ex.score, choices=SCORES, help="what is explained per output token (nats)")
+    p.add_argument("--masking", default=ex.masking, choices=EXPLAIN_MASKINGS,
+                   help="what an absent feature is (auto: deleted from the text)")
+    p.add_argument("--unit", default=ex.unit, choices=UNITS, help="the features: tokens, words or sentences")
+    p.add_argument("--precision", type=float, default=ex.precision,
+                   help="explain until two runs would rank the features alike at this Spearman (auto: 0.95 on CPU)")
     p.add_argument("--max-evals", type=int, default=ex.max_evals, help="budget of masked inputs (sampling estimators)")
     p.add_argument("--seed", type=int, default=ex.seed)
     p.add_argument("--max-new-tokens", type=int, default=gen.max_new_tokens, help="when no --target is given")
