@@ -82,7 +82,8 @@ def _explain_text(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model)
     [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
                     context=args.context, method=args.method, score=args.score, masking=args.masking,
-                    unit=args.unit, precision=args.precision, max_evals=args.max_evals, seed=args.seed, max_new_tokens=args.max_new_tokens)
+                    unit=args.unit, precision=args.precision, max_evals=args.max_evals, seed=args.seed,
+                    max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
         from .textplot import text_plot_html
 

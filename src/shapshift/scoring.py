@@ -31,8 +31,9 @@ Masking (``masking=``), i.e. what "feature absent" means:
   tokens, with their original ``position_ids``), which gives the same scores for fewer tokens;
   models with local/sliding-window attention, whose windows count sequence slots rather than
   positions, keep the masked tokens in place, hidden by the attention mask.
-- ``delete`` (the default, :data:`shapshift.config.DEFAULT_MASKING`): masked tokens are removed and later tokens move up, as in a shortened text (rows are
-  right-padded, so no real token sees a pad, and each row's target logits are gathered where it ends).
+- ``delete`` (the default, :data:`shapshift.config.DEFAULT_MASKING`): masked tokens are removed and later
+  tokens move up, as in a shortened text (rows are right-padded, so no real token sees a pad, and each
+  row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
 
 ``tests/test_scorer_reference.py`` checks all of this against a naive scorer (one coalition at a

@@ -214,8 +214,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         estimator registered since (:mod:`shapshift.explainers.registry`).
     score: ``log_prob`` (default) or ``log_odds`` (as shap's TeacherForcing) of each target token, in nats.
     masking: ``auto`` (default: ``delete``, the text without the feature, for every model), ``delete``,
-        ``attention`` (the other tokens keep their positions; local models only) or ``replace``; ``partition`` masks only with shap's ``Text`` masker (``shap_text``: ``...`` for masked
-        tokens), so with it ``masking`` must be ``auto`` or ``shap_text``.
+        ``attention`` (the other tokens keep their positions; local models only) or ``replace``; ``partition``
+        masks only with shap's ``Text`` masker (``shap_text``: ``...`` for masked tokens), so with it
+        ``masking`` must be ``auto`` or ``shap_text``.
     max_evals: budget of masked inputs per text for the sampling estimators; with ``auto`` a cap
         (:func:`auto_budget`: the first round uses ``4n + 2`` when that is less).
     precision: explain until two independent runs would rank the tokens alike at this expected
