@@ -31,6 +31,7 @@ from bench_explainers import run_partition  # noqa: E402
 from common import load_sst2, machine_info, markdown_table, pick_sentences, spearman, sst2_example  # noqa: E402
 from record_tables import recorded_rows  # noqa: E402
 
+from shapshift.config import ExplainConfig, resolve_masking  # noqa: E402
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.explainers.api import auto_precision  # noqa: E402
 from shapshift.explainers.precision import importance  # noqa: E402
@@ -96,7 +97,9 @@ def main(argv=None) -> int:
         "# auto's default precision on held-out text", "",
         f"smollm2-135m on CPU, one torch thread; {len(df)} held-out SST-2 dev sentences of {args.lo}-{args.hi} tokens "
         f"(not among the recorded tables' sentences), the model's 8-token greedy continuation as the target; "
-        f"auto's default precision target {auto_precision():g} (CPU), max_evals {args.max_evals}. Made by:", "",
+        f"auto's default precision target {auto_precision():g} (CPU), max_evals {args.max_evals}; the library's default "
+        f"score ({ExplainConfig().score}) and masking ({resolve_masking(ExplainConfig().masking)}; Partition: shap's Text "
+        "masker). Made by:", "",
         f"    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_precision.py{' --quick' if args.quick else ''}", "",
         markdown_table(df), "",
         f"Mean Spearman of the two seeds' importances: {df.spearman_seeds.mean():.3f} (lowest "
