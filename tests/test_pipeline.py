@@ -372,6 +372,7 @@ def test_units_follow_the_score(logprob_run, finished_run):
     text = (logprob_run.run_dir / "report.html").read_text()
     assert "log-probability" in text and "log-odds" not in text
     assert "an absent token is <b>left out of the text" in text  # the default masking, named
+    assert "every <b>input token</b>" in text  # the run's features (explain.unit)
     figure = sorted((logprob_run.run_dir / "figures").glob("example_*_tokens.png"))[0]
     assert "SHAP value (log-probability" in _png_text(figure)
     assert "log-odds" in (finished_run.run_dir / "report.html").read_text()

@@ -78,6 +78,11 @@ def score_unit(store: RunStore) -> str:
     return SCORE_UNITS.get(score, str(score))
 
 
+def feature_name(store: RunStore) -> str:
+    """What one feature of the run is: ``token``, ``word`` or ``sentence`` (``explain.unit`` in the manifest)."""
+    return str(((store.manifest().get("config") or {}).get("explain") or {}).get("unit", ExplainConfig.unit))
+
+
 def masking_meaning(store: RunStore) -> str:
     """What an absent feature was in the run (``explain.masking`` and ``explain.method`` in the manifest)."""
     from .explainers.registry import masking_used
@@ -564,6 +569,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
         verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store), masking=masking_meaning(store),
+        feature=feature_name(store),
         rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",
         headline=summary_table_html(headline(summary)), lens_section=lens_section,
         figures={k: _img(figures[k], k.replace("_", " ")) for k in ("overlap_at_k", "overlap_heatmap", "per_example")},
