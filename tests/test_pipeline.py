@@ -34,10 +34,14 @@ def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
+#: finished_run's settings besides tiny_config's: log-odds, the score that is not the default, so that with
+#: logprob_run (the default score) both units run end to end.
+FINISHED_RUN = {"explain__score": "log_odds"}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    # log-odds, the score that is not the default: with logprob_run (the default score) both units run end to end
-    cfg = tiny_config(tmp_path_factory.mktemp("runs"), explain__score="log_odds")
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), **FINISHED_RUN)
     run(cfg, STAGES)
     return cfg
 
@@ -237,7 +241,7 @@ def test_damaged_parquet_is_caught_whichever_file_is_read(finished_run, tmp_path
 
 
 def test_same_config_gives_identical_artifacts(finished_run, tmp_path):
-    cfg = tiny_config(tmp_path, name=finished_run.name)
+    cfg = tiny_config(tmp_path, name=finished_run.name, **FINISHED_RUN)
     run(cfg, ("preprocess", "explain"))
     a = RunStore(finished_run.run_dir).manifest()["artifacts"]
     b = RunStore(cfg.run_dir).manifest()["artifacts"]
