@@ -70,14 +70,15 @@ def end_effects(v1: np.ndarray, vn1: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return d1, dn1
 
 
-def pair_design(n: int, n_pairs: int, rng: np.random.Generator, candidates: int = CANDIDATES) -> np.ndarray:
-    """``(n_pairs, n)`` bool coalitions of size ``middle_sizes(n)[0]``, each to be scored with its complement.
+def pair_design(n: int, n_pairs: int, rng: np.random.Generator, candidates: int = CANDIDATES,
+                size: int | None = None) -> np.ndarray:
+    """``(n_pairs, n)`` bool coalitions of ``size`` (default ``middle_sizes(n)[0]``), each to be scored with its complement.
 
     Pairs are chosen one at a time: of ``candidates`` random coalitions the one with the largest
     ``x^T A^{-1} x`` (``A`` the information matrix so far, centred coalitions) is kept, and no pair
     repeats. The first ``m`` rows do not depend on ``n_pairs`` (rounds reuse them).
     """
-    t = middle_sizes(n)[0]
+    t = middle_sizes(n)[0] if size is None else size
     a_inv = np.eye(n) * 1e3
     rows: list[np.ndarray] = []
     seen: set[bytes] = set()
