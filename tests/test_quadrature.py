@@ -36,6 +36,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: log-odds under attention masking (the defaults when they were recorded), and the defaults now (log-prob, deletion)
 TABLES = sorted((BENCHMARKS / "tables").glob("*.npz"))
 DELETE_TABLES = sorted((BENCHMARKS / "tables_delete_log_prob").glob("*.npz"))
+TABLE_SETS = {"attention_log_odds": TABLES, "delete_log_prob": DELETE_TABLES}
 
 
 def table_task(table: np.ndarray, budget: int, seed: int = 0) -> ExplainTask:
@@ -136,7 +137,7 @@ def test_quadrature_beats_kernel_under_the_default_deletion_and_log_prob():
 def test_standard_errors_cover_the_exact_values_on_recorded_tables(method, per, tables):
     """95 % intervals (value ± 1.96 SE) hold the exact Shapley values 90-98 % of the time (pooled over tables)."""
     hits = []
-    for path in TABLES if tables == "attention_log_odds" else DELETE_TABLES:
+    for path in TABLE_SETS[tables]:
         table, exact, n = recorded(path)
         for seed in range(4):
             att = attribute(method, table, per * n + 2, seed)

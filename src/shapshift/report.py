@@ -50,7 +50,6 @@ from .compare import (  # noqa: E402
 )
 from .conditions import BASELINE, NOISE_FLOOR  # noqa: E402
 from .config import (  # noqa: E402
-    DEFAULT_SCORE,
     MASKING_MEANINGS,
     SCORE_UNITS,
     CompareConfig,
@@ -72,24 +71,28 @@ METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank a
                  "rbo": "rank-biased overlap"}
 
 
+def explain_setting(store: RunStore, key: str) -> str:
+    """The run's ``explain.<key>`` as recorded in its manifest (the default when unrecorded)."""
+    explain = (store.manifest().get("config") or {}).get("explain") or {}
+    return str(explain.get(key, getattr(ExplainConfig, key)))
+
+
 def score_unit(store: RunStore) -> str:
-    """The unit of the run's SHAP values (``explain.score`` in the manifest; the default score's when unrecorded)."""
-    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", DEFAULT_SCORE)
-    return SCORE_UNITS.get(score, str(score))
+    """The unit of the run's SHAP values (``explain.score``)."""
+    score = explain_setting(store, "score")
+    return SCORE_UNITS.get(score, score)
 
 
 def feature_name(store: RunStore) -> str:
-    """What one feature of the run is: ``token``, ``word`` or ``sentence`` (``explain.unit`` in the manifest)."""
-    return str(((store.manifest().get("config") or {}).get("explain") or {}).get("unit", ExplainConfig.unit))
+    """What one feature of the run is: ``token``, ``word`` or ``sentence`` (``explain.unit``)."""
+    return explain_setting(store, "unit")
 
 
 def masking_meaning(store: RunStore) -> str:
-    """What an absent feature was in the run (``explain.masking`` and ``explain.method`` in the manifest)."""
+    """What an absent feature was in the run (``explain.masking`` as ``explain.method`` ran it)."""
     from .explainers.registry import masking_used
 
-    explain = (store.manifest().get("config") or {}).get("explain") or {}
-    masking = masking_used(str(explain.get("method", ExplainConfig.method)),
-                           resolve_masking(str(explain.get("masking", ExplainConfig.masking))))
+    masking = masking_used(explain_setting(store, "method"), resolve_masking(explain_setting(store, "masking")))
     return MASKING_MEANINGS.get(masking, masking)
 
 
