@@ -71,14 +71,23 @@ def end_effects(v1: np.ndarray, vn1: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def pair_design(n: int, n_pairs: int, rng: np.random.Generator, candidates: int = CANDIDATES,
-                size: int | None = None) -> np.ndarray:
+                size: int | None = None, intercept: bool | None = None) -> np.ndarray:
     """``(n_pairs, n)`` bool coalitions of ``size`` (default ``middle_sizes(n)[0]``), each to be scored with its complement.
 
     Pairs are chosen one at a time: of ``candidates`` random coalitions the one with the largest
     ``x^T A^{-1} x`` (``A`` the information matrix so far, centred coalitions) is kept, and no pair
     repeats. The first ``m`` rows do not depend on ``n_pairs`` (rounds reuse them).
+
+    ``intercept`` (default: odd ``n``): the regression centres the coalitions on their own mean (odd ``n``:
+    a pair's two sizes differ, :func:`quadrature_values`), so the information is that of ``(1, x)``; without
+    it a feature kept in every coalition looks informative (``x - t/n`` is not 0) though its centred column
+    is 0, and for odd ``n`` the greedy choice put one feature in every pair: its middle effect was never
+    measured and its jackknife standard error was exactly 0.
     """
     t = middle_sizes(n)[0] if size is None else size
+    intercept = n % 2 == 1 if intercept is None else intercept
+    if intercept:
+        return _pair_design_with_intercept(n, n_pairs, rng, candidates, t)
     a_inv = np.eye(n) * 1e3
     rows: list[np.ndarray] = []
     seen: set[bytes] = set()
@@ -98,6 +107,30 @@ def pair_design(n: int, n_pairs: int, rng: np.random.Generator, candidates: int 
         rows.append(best)
         u = a_inv @ (best - t / n)
         a_inv -= np.outer(u, u) / (1 + (best - t / n) @ u)
+    return np.asarray(rows, bool).reshape(-1, n)
+
+
+def _pair_design_with_intercept(n: int, n_pairs: int, rng: np.random.Generator, candidates: int, t: int) -> np.ndarray:
+    """:func:`pair_design` with the information of ``(1, x)``: coalitions centred on the design's own mean."""
+    a_inv = np.eye(n + 1) * 1e3
+    rows: list[np.ndarray] = []
+    seen: set[bytes] = set()
+    attempts = 0
+    while len(rows) < n_pairs and attempts < 50 * n_pairs + 100:
+        attempts += 1
+        picks = np.argsort(rng.random((candidates, n)), axis=1)[:, :t]
+        cand = np.zeros((candidates, n), bool)
+        np.put_along_axis(cand, picks, True, axis=1)
+        cand = np.array([c for c in cand if np.packbits(c).tobytes() not in seen
+                         and np.packbits(~c).tobytes() not in seen])
+        if not len(cand):
+            continue
+        xa = np.concatenate([np.ones((len(cand), 1)), cand], axis=1)
+        k = int(np.argmax(np.einsum("ci,ij,cj->c", xa, a_inv, xa)))
+        seen.add(np.packbits(cand[k]).tobytes())
+        rows.append(cand[k])
+        u = a_inv @ xa[k]
+        a_inv -= np.outer(u, u) / (1 + xa[k] @ u)
     return np.asarray(rows, bool).reshape(-1, n)
 
 
@@ -142,13 +175,22 @@ def quadrature_values(x: np.ndarray, vx: np.ndarray, vc: np.ndarray, d1: np.ndar
 
 def jackknife_std(x: np.ndarray, vx: np.ndarray, vc: np.ndarray, d1: np.ndarray, dn1: np.ndarray,
                   delta: np.ndarray) -> np.ndarray:
-    """Delete-one-pair jackknife standard error ``(n, k)`` of :func:`quadrature_values` (NaN with < 3 pairs)."""
+    """Delete-one-pair jackknife standard error ``(n, k)`` of :func:`quadrature_values` (NaN with < 3 pairs).
+
+    A feature that no pair varied (in every coalition or in none: possible with few pairs) has its
+    middle effect from the order-2 line alone, which no deleted pair changes; its jackknife is 0 though
+    its error is not. It gets the largest standard error of the features the pairs did vary (NaN if none).
+    """
     m = len(x)
     if m < 3:
         return np.full(d1.shape, np.nan)
     keep = ~np.eye(m, dtype=bool)
     reps = np.stack([quadrature_values(x[k], vx[k], vc[k], d1, dn1, delta) for k in keep])
-    return np.sqrt((m - 1) / m * ((reps - reps.mean(axis=0)) ** 2).sum(axis=0))
+    err = np.sqrt((m - 1) / m * ((reps - reps.mean(axis=0)) ** 2).sum(axis=0))
+    fixed = x.all(axis=0) | ~x.any(axis=0)
+    if fixed.any():
+        err[fixed] = err[~fixed].max(axis=0) if (~fixed).any() else np.nan
+    return err
 
 
 @register
