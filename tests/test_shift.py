@@ -70,6 +70,22 @@ def test_a_large_change_is_found_and_a_deterministic_rounding_change_is_not():
     assert not shift.example_verdict(base, rounding)[0]["changed"]
 
 
+def test_a_sampled_value_with_a_zero_or_unknown_error_is_never_called_changed():
+    """Issue 28 item 1: a sampled feature reported with error 2e-16 (or NaN) beside others of 0.3 made z about
+    -1e15 and a "change"; it is now left untested (z and p NaN) and the others are tested as before."""
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(9, 1))
+    for tiny in (2e-16, 0.0, np.nan):
+        se = np.full((9, 1), 0.3)
+        se[-1] = tiny
+        a, b = Exp(truth, se), Exp(truth + np.r_[np.zeros(8), 0.4][:, None], se)  # the last moves by about 1 SE
+        verdict, table = shift.example_verdict(a, b)
+        last = table.iloc[-1]
+        assert not last["changed"] and np.isnan(last["z"]) and np.isnan(last["p"]), (tiny, last.to_dict())
+        assert not verdict["changed"] and np.isfinite(verdict["reliability_b"])
+        assert table["z"].iloc[:-1].abs().max() < 10
+
+
 def test_reliability_is_one_without_noise_and_falls_with_it():
     values = np.linspace(-1, 1, 10)
     assert shift.reliability(values, np.zeros(10)) == 1.0

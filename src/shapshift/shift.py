@@ -26,6 +26,7 @@ aggregated over the generated tokens (``sum``, or ``mean_abs``) and its standard
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -36,12 +37,19 @@ from scipy import stats as sstats
 from . import overlap as ov
 from .stats import bootstrap_mean_ci
 
+log = logging.getLogger(__name__)
+
 #: Columns of the per-feature table (``04_changes.parquet``).
 CHANGE_COLUMNS = ["example_id", "condition_a", "condition_b", "in_pos", "in_token", "value_a", "value_b", "delta",
                   "se_delta", "z", "p", "p_bh", "changed"]
 #: Columns of the per-example table (``04_verdicts.parquet``).
 VERDICT_COLUMNS = ["example_id", "condition_a", "condition_b", "n_features", "changed", "n_changed", "top_moved",
                    "spearman", "reliability_a", "reliability_b", "spearman_corrected"]
+
+
+#: A sampled value's standard error at or below this fraction of its example's largest is rounding, not a
+#: measured error (issue 28: a 2e-16 error gave z = -1e15): the feature is left untested.
+UNTESTABLE_SE = 1e-6
 
 
 def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
@@ -51,10 +59,16 @@ def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.nda
     sum's error for any correlation between output tokens). ``mean_abs``: the mean ``|value|``, with
     the mean standard error (``| |x| - |y| | <= |x - y|``). Explanations without ``error_std`` (exact
     values) have zero error.
+    A sampled value whose standard error is unknown (NaN) or no more than rounding (:data:`UNTESTABLE_SE`
+    of the example's largest) has no error to test against: its aggregate error is NaN, and
+    :func:`feature_changes` leaves it untested. All errors 0: exact values, testable.
     """
     values = ov.explanation_values(exp)
     err = getattr(exp, "error_std", None)
-    err = np.zeros_like(values) if err is None else np.nan_to_num(ov.explanation_values(err), nan=0.0)
+    err = np.zeros_like(values) if err is None else np.asarray(ov.explanation_values(err), float)
+    largest = np.nanmax(err) if np.isfinite(err).any() else np.nan
+    if not (largest == 0):  # sampled values (or unknown errors): a zero or NaN error is not a measured one
+        err = np.where(np.isfinite(err) & (err > UNTESTABLE_SE * largest), err, np.nan)
     if how == "sum":
         return values.sum(axis=1), err.sum(axis=1)
     if how == "mean_abs":
@@ -87,14 +101,25 @@ def feature_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     se = np.sqrt(se_a ** 2 + se_b ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, delta / se, np.where(delta == 0, 0.0, np.sign(delta) * np.inf))
-    p = 2 * sstats.norm.sf(np.abs(z))
-    p_bh = benjamini_hochberg(p)
+    untested = np.isnan(se)  # a sampled value without a measured error: z and p are NaN, never "changed"
+    z = np.where(untested, np.nan, z)
+    if untested.any():
+        log.warning("%d of %d features have a sampled value without a measured standard error (zero or unknown): "
+                    "they are not tested for a change (z and p NaN)", int(untested.sum()), a.size)
+    p = np.where(untested, np.nan, 2 * sstats.norm.sf(np.abs(np.nan_to_num(z))))
+    p_bh = np.full_like(p, np.nan)
+    p_bh[~untested] = benjamini_hochberg(p[~untested])
     scale = float(max(np.max(np.abs(a)), np.max(np.abs(b)))) if a.size else 0.0
-    changed = (p_bh <= fdr) & (np.abs(delta) >= min_change * scale) & (np.abs(delta) > 0)
+    changed = ~untested & (np.nan_to_num(p_bh, nan=1.0) <= fdr) & (np.abs(delta) >= min_change * scale) & (np.abs(delta) > 0)
     data = getattr(exp_a, "data", None)
     tokens = [str(t) for t in data] if data is not None else [str(i) for i in range(a.size)]
     return pd.DataFrame({"in_pos": np.arange(a.size), "in_token": tokens, "value_a": a, "value_b": b,
                          "delta": delta, "se_delta": se, "z": z, "p": p, "p_bh": p_bh, "changed": changed})
+
+
+def _largest_for_unknown(se: np.ndarray) -> np.ndarray:
+    """Unknown errors (NaN) as the largest known one, for the reliability (conservative); all unknown: NaN."""
+    return np.where(np.isnan(se), np.nanmax(se) if np.isfinite(se).any() else np.nan, se)
 
 
 def example_verdict(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.05, min_change: float = 0.1,
@@ -103,6 +128,7 @@ def example_verdict(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     table = feature_changes(exp_a, exp_b, how=how, fdr=fdr, min_change=min_change)
     a, se_a = aggregate_with_error(exp_a, how)
     b, se_b = aggregate_with_error(exp_b, how)
+    se_a, se_b = _largest_for_unknown(se_a), _largest_for_unknown(se_b)
     rho = ov.spearman(a, b)
     rel_a, rel_b = reliability(a, se_a, seed=seed), reliability(b, se_b, seed=seed + 1)
     denom = math.sqrt(rel_a * rel_b) if rel_a > 0 and rel_b > 0 else math.nan
