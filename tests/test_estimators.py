@@ -210,3 +210,21 @@ def test_known_answer_capital_of_france_with_auto(smollm2):
     order = [exp.data[i] for i in np.argsort(-exp.values[:, 0])]  # as exact's (test_explain): France first
     assert order[0] == " France" and " capital" in order[:3] and set(order[-2:]) == {"The", " of"}
     assert list(exp.data) == token_strings(tok, tok("The capital of France is", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("context", [None, "Story: {input}"])
+def test_partition_has_the_same_features_as_every_estimator_under_a_start_token(tiny_neo, context):
+    """Issue 28 item 2: a tokenizer that adds a start token (Llama's) made shap's Text masker return it as an empty
+    feature '' in front: partition gave 6 features where exact gave 5. The same features, the same efficiency."""
+    from transformers import AutoTokenizer
+
+    model, tok = tiny_neo
+    with_bos = AutoTokenizer.from_pretrained(tok.name_or_path, add_bos_token=True)
+    assert with_bos("Every")["input_ids"][0] == with_bos.bos_token_id  # the tokenizer adds its start token
+    text = "Every winter the river freezes"
+    [part] = shapshift.explain(model, with_bos, [text], targets=[" over"], method="partition", context=context,
+                               progress=False)
+    [ex] = shapshift.explain(model, with_bos, [text], targets=[" over"], method="exact", context=context, progress=False)
+    assert list(part.data) == list(ex.data) and part.values.shape == ex.values.shape
+    full = ex.base_values + ex.values.sum(axis=0)
+    np.testing.assert_allclose(part.base_values + part.values.sum(axis=0), full, atol=1e-4)

@@ -131,16 +131,24 @@ class PartitionExplainer(Estimator):
         state = np.random.get_state()
         np.random.seed(task.seed)
         tokens = [str(t) for t in masker.data_transform(task.parts.text)[0]]
+        # a tokenizer that adds a start (or end) token gives shap's masker a feature it never masks ('' in front):
+        # the same features as every estimator are the text's own tokens, so those positions are dropped
+        own = slice(masker.keep_prefix, len(tokens) - masker.keep_suffix)
         try:
-            if len(tokens) == 1:  # shap's clustering fails on one token; its value is the whole difference
-                masked = str(masker(np.zeros(1, bool), task.parts.text)[0][0])
+            if len(tokens[own]) == 1:  # shap's clustering fails on one token; its value is the whole difference
+                mask = np.zeros(len(tokens), bool)
+                mask[: own.start] = True
+                mask[own.stop:] = True
+                masked = str(masker(mask, task.parts.text)[0][0])
                 ends = tf(np.array([masked, task.parts.text]), np.array([target_text] * 2))
                 values, base = (ends[1] - ends[0])[None, :], ends[0]
+                tokens = tokens[own]
             else:
                 sv = explainer([task.parts.text], [target_text], max_evals=task.max_evals, silent=True)
                 values = np.asarray(sv.values[0], dtype=np.float64)
                 base = np.asarray(sv.base_values[0], dtype=np.float64).reshape(-1)
-                tokens = [str(t) for t in sv.data[0]]
+                # the kept special tokens are never masked: their values are 0 (efficiency is unchanged)
+                values, tokens = values[own], [str(t) for t in sv.data[0]][own]
         finally:
             np.random.set_state(state)
             hook.remove()
