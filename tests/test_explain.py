@@ -105,6 +105,22 @@ def test_explain_text_cli(tmp_path, capsys):
     assert list(exp.data) == ["a", " goodish", " film"] and exp.values.shape == (3, 1)
 
 
+def test_explain_text_reads_backslash_n_as_a_newline_like_set(tmp_path, tiny_neo):
+    """Issue 28 item 7: `--context 'Review: {input}\\nSentiment:'` (a backslash and an n, as a shell passes it) is
+    a newline, as `--set data.template=...` and the config's error messages treat it: one rule for text typed in."""
+    from shapshift.config import parse_value
+
+    typed = "Review: {input}\\nSentiment:"
+    assert parse_value(typed, text=True) == "Review: {input}\nSentiment:"  # --set's rule
+    out = tmp_path / "exp.pkl"
+    assert main(["explain-text", "--model", "tiny-gpt-neo", "--text", "good film", "--target", " yes",
+                 "--method", "exact", "--context", typed, "--out", str(out)]) == 0
+    model, tok = tiny_neo
+    [want] = shapshift.explain(model, tok, ["good film"], targets=[" yes"], method="exact",
+                               context="Review: {input}\nSentiment:", progress=False)
+    np.testing.assert_allclose(pickle.loads(out.read_bytes()).values, want.values, atol=1e-6)
+
+
 def test_bad_inputs_are_clear_errors(tiny_neo):
     model, tok = tiny_neo
     with pytest.raises(shapshift.ShapshiftError, match="empty input"):

@@ -16,6 +16,7 @@ from .config import (
     GenerationConfig,
     RunConfig,
     apply_overrides,
+    unescape,
 )
 from .errors import ConfigError, ShapshiftError
 from .stages import STAGES, TABLE
@@ -80,8 +81,10 @@ def _explain_text(args: argparse.Namespace) -> int:
     if args.target is None:  # refuse a bad generation setting before the model is loaded
         GenerationConfig(max_new_tokens=args.max_new_tokens).validate()
     model, tokenizer = load_model(args.model)
-    [exp] = explain(model, tokenizer, [args.text], targets=None if args.target is None else [args.target],
-                    context=args.context, method=args.method, score=args.score, masking=args.masking,
+    # text typed on the command line follows --set's rule: \n and \t typed as two characters are a newline and a tab
+    text, target, context = (None if v is None else unescape(v) for v in (args.text, args.target, args.context))
+    [exp] = explain(model, tokenizer, [text], targets=None if target is None else [target],
+                    context=context, method=args.method, score=args.score, masking=args.masking,
                     unit=args.unit, precision=args.precision, max_evals=args.max_evals, seed=args.seed,
                     max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or openai-compatible:http://HOST:PORT/v1 (a completions server)")
     p.add_argument("--text", required=True, help="the input whose tokens are the features")
     p.add_argument("--target", help="the continuation to explain (default: greedy generation)")
-    p.add_argument("--context", help="fixed template around the text, with an {input} slot")
+    p.add_argument("--context", help="fixed template around the text, with an {input} slot "
+                   "(\\n typed as two characters is a newline, as in --set)")
     # defaults: the run configuration's (explain.* and generation.*), as for shapshift.explain()
     ex, gen = ExplainConfig(), GenerationConfig()
     # checked when run (the estimators' registry loads torch; --help stays quick)
