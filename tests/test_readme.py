@@ -9,7 +9,7 @@ How it works:
 * Everything runs in a *clone*: a temporary folder whose top-level entries are symlinks to this
   checkout's (``Makefile``, ``configs/``, ``data/``, ``.venv`` …), except ``outputs/``, which is
   its own. So the README's lines run as written, with the relative paths a user has in a fresh clone
-  (``configs/demo.yaml``, ``outputs/demo``, ``--out paris.html``), and write nothing into the checkout.
+  (``configs/demo.yaml``, ``outputs/demo``, ``--out outputs/paris.html``), and write nothing into the checkout.
 * ``make demo`` runs for real once per module (the ``clone`` fixture), with ``DEMO_ARGS`` holding
   ``SMALL`` (2 examples, 16 evaluations, 1 fine-tuning step: under a minute instead of several); every
   line that needs a run folder reuses its ``outputs/demo``.

@@ -82,7 +82,8 @@ def smollm2_gguf_path() -> Path:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SHAPSHIFT_CACHE", Path.home() / ".cache" / "shapshift"))
+    """``$SHAPSHIFT_CACHE``, else (unset or empty: never the current folder) ``~/.cache/shapshift``."""
+    return Path(os.environ.get("SHAPSHIFT_CACHE", "").strip() or Path.home() / ".cache" / "shapshift")
 
 
 @lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ stage 3 and their set-up live in :mod:`shapshift.conditions`.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -372,6 +373,19 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     fresh = fresh or not resume
     todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)
+    new_folder = not store.dir.exists()
+    try:
+        _run_stages(cfg, store, todo, fresh=fresh, loader=loader)
+    except BaseException:
+        # a run that failed before it wrote anything leaves no folder holding only manifest.json
+        if new_folder and store.writer and store.dir.is_dir() and {p.name for p in store.dir.iterdir()} <= {"manifest.json"}:
+            shutil.rmtree(store.dir, ignore_errors=True)
+        raise
+    return store
+
+
+def _run_stages(cfg: RunConfig, store: RunStore, todo: list, *, fresh: bool, loader: ModelLoader | None) -> None:
+    """:func:`run`'s body: the stages in order, each reused or run."""
     if fresh and store.dir.exists() and todo:
         first = min(todo, key=stages.TABLE.index).name
         invalidate_from(store, first, because=f"--fresh: starting over from stage {first}", partial=True)
@@ -401,7 +415,6 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
         if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
             store.update_manifest(remote_usage=model.usage_dict())
         parallel.wait()
-    return store
 
 
 def load_condition(run_dir, condition: str, *, trust_pickle: bool = False):

@@ -206,3 +206,6 @@ def clear_partial(store: RunStore, stage: str) -> None:
         return
     for folder in partial_folders(store, [get(stage)]):
         shutil.rmtree(store.path(folder), ignore_errors=True)
+    root = store.path(".partial")
+    if root.is_dir() and not any(root.iterdir()):  # no stage left unfinished: no empty folder either
+        root.rmdir()
