@@ -339,6 +339,10 @@ def test_run_stage_starts_afresh_when_the_settings_changed(run, monkeypatch, cap
     monkeypatch.setattr(colab, "load_model_for", lambda cfg: (None, None))
     monkeypatch.setattr(pipeline, "adapt_stage", lambda cfg, m, t, *, resume: calls.append(resume))
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": "old-settings", "complete": True}})
+    with pytest.raises(ArtifactError, match="would remove them"):  # finished results of other settings: never unasked
+        colab.run_stage(run, "adapt", resume=True)
+    assert calls == []
+    RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": "old-settings", "complete": False}})
     colab.run_stage(run, "adapt", resume=True)  # the stage discards unfinished results of other settings itself
     assert calls == [True] and "settings changed" in _logged(caplog)
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": pipeline.stage_fingerprint(run, "adapt")}})

@@ -135,7 +135,7 @@ def test_changed_setting_redoes_its_stage_and_lists_what_goes(finished_run, tmp_
     cfg = _copy_run(finished_run, tmp_path, explain__seed=5)
     before = _hashes(cfg.run_dir)
     caplog.set_level("INFO")
-    run(cfg, ("preprocess", "explain"))
+    run(cfg, ("preprocess", "explain"), replace=True)  # without replace it is refused (the test below)
     assert "stage preprocess: reused" in caplog.text
     assert "stage explain: running (its settings changed: explain.seed)" in caplog.text
     removed = next(r.getMessage() for r in caplog.records if "results made from the old ones are removed" in r.getMessage())
@@ -145,6 +145,24 @@ def test_changed_setting_redoes_its_stage_and_lists_what_goes(finished_run, tmp_
     after = _hashes(cfg.run_dir)
     assert after["01_dataset.parquet"] == before["01_dataset.parquet"]
     assert after["02_baseline.parquet"] != before["02_baseline.parquet"]
+
+
+def test_changed_setting_never_removes_finished_results_unasked(finished_run, tmp_path):
+    """Issue 28 item 6: `shapshift run --set data.n_explain=4` on a finished demo removed its results (logged, not
+    asked) and the README's next line, `shapshift compare`, then exited 2. Now the run is refused, nothing is
+    removed, and the message names the changed setting and both ways on (another name, --replace)."""
+    cfg = _copy_run(finished_run, tmp_path, data__n_explain=cfg_n(finished_run) + 1)
+    before = _hashes(cfg.run_dir)
+    with pytest.raises(ArtifactError, match=r"(?s)data\.n_explain.*would remove them") as err:
+        run(cfg)
+    assert "--name" in err.value.fix and "--replace" in err.value.fix
+    assert _hashes(cfg.run_dir) == before
+    original = _copy_run(finished_run, tmp_path / "again")
+    run(original, ("compare",))  # the folder is still the finished run it was: the next line works on it
+
+
+def cfg_n(cfg) -> int:
+    return cfg.data.n_explain
 
 
 def test_compare_setting_redoes_compare_only(finished_run, tmp_path, caplog):

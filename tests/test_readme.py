@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 BIN = Path(sys.executable).parent
 
-#: Settings appended to every README line that runs model stages (``make demo`` through DEMO_ARGS,
-#: ``shapshift run|preprocess|explain|adapt``): the demo's pipeline on 2 examples in well under a minute.
+#: Settings given to every README line that runs model stages (``make demo`` through DEMO_ARGS,
+#: ``shapshift run|preprocess|explain|adapt``), before the line's own ``--set``s (:func:`with_small`): the
+#: demo's pipeline on 2 examples in well under a minute.
 SMALL = ["--set", "data.n_explain=2", "--set", "data.max_input_tokens=12", "--set", "explain.max_evals=16",
          "--set", "generation.max_new_tokens=1", "--set", "adapt.k_shot=2", "--set", "adapt.finetune.max_steps=1",
          "--set", "adapt.finetune.batch_size=2", "--set", "compare.n_bootstrap=100"]
@@ -58,15 +59,16 @@ SHELL_LINES = {
     ("make", "demo"): "make_demo",        # run for real in the clone with DEMO_ARGS=SMALL (the clone fixture)
     ("make", "test"): "make_test",        # NOT run: it would run this suite inside itself (CI runs it);
                                           # `make -n test` must show the pytest call instead
-    ("shapshift", "run"): "stage_resume",  # SMALL appended: the same config as `make demo`'s run, so a
-                                          # plain re-run reuses outputs/demo (checked in its log)
-    ("shapshift", "preprocess"): "stage",  # SMALL appended
-    ("shapshift", "explain"): "stage",     # SMALL appended
-    ("shapshift", "adapt"): "stage",       # SMALL appended
-    ("shapshift", "compare"): "stage",     # SMALL appended: compare refuses a run made under other settings
-    ("shapshift", "report"): "stage",      # SMALL appended (the same config as the demo run)
+    ("shapshift", "run"): "stage_resume",  # SMALL after --config (the line's own --set/--name win): the same
+                                          # config as `make demo`'s run, so a plain re-run reuses outputs/demo
+                                          # (checked in its log); one with settings of its own must not remove it
+    ("shapshift", "preprocess"): "stage",  # SMALL after --config
+    ("shapshift", "explain"): "stage",     # SMALL after --config
+    ("shapshift", "adapt"): "stage",       # SMALL after --config
+    ("shapshift", "compare"): "stage",     # SMALL after --config: compare refuses a run made under other settings
+    ("shapshift", "report"): "stage",      # SMALL after --config (the same config as the demo run)
     ("shapshift", "explain-text"): "as_written",  # its --out file must exist afterwards
-    ("accelerate", "launch"): "stage_resume",  # `-m shapshift run` in 2 processes, SMALL appended: reuses outputs/demo
+    ("accelerate", "launch"): "stage_resume",  # `-m shapshift run` in 2 processes, SMALL after --config: reuses outputs/demo
 }
 
 #: Inline code spans that are commands, by program: what is checked (they are not run).
@@ -233,6 +235,7 @@ def clone(tmp_path_factory) -> Path:
     venv = next((v.split("=", 1)[1] for v in make_vars() if v.startswith("VENV=")), ".venv")
     done = run([*line.words, *make_vars(), f"DEMO_ARGS={shlex.join(SMALL)}", "-o", f"{venv}/.shapshift-installed"], root)
     (root / "make_demo.log").write_text(done.stdout + done.stderr)
+    (root / "demo_finished.json").write_text(json.dumps(finished_demo(root)))
     return root
 
 
@@ -245,13 +248,29 @@ def run_shell_line(line: ShellLine, root: Path) -> subprocess.CompletedProcess |
         assert re.search(r"-m pytest\b.*\btests\b", dry.stdout), f"`make -n test` runs no pytest:\n{dry.stdout}"
         return None
     command = [str(BIN / words[0]), *words[1:]]
-    if kind == "stage":
-        command += SMALL
-    elif kind == "stage_resume":
-        command += SMALL
+    if kind in ("stage", "stage_resume"):
+        command = with_small(command)
     else:
         assert kind == "as_written", f"no rule to run {line.text!r}"
     return run(command, root)
+
+
+def with_small(command: list[str]) -> list[str]:
+    """SMALL inserted right after ``--config FILE`` (else appended): the line's own ``--set``s come later and win,
+    so a line that changes a setting (``--set data.n_explain=4``) runs with that change, as a user's does."""
+    at = command.index("--config") + 2 if "--config" in command else len(command)
+    return [*command[:at], *SMALL, *command[at:]]
+
+
+def own_settings(line: ShellLine) -> bool:
+    """Whether the line names settings or a run folder of its own (then it need not reuse outputs/demo)."""
+    return any(w in ("--set", "--name") or w.startswith(("--set=", "--name=")) for w in line.words)
+
+
+def finished_demo(root: Path) -> dict[str, str]:
+    """The finished results in outputs/demo, by name, with their recorded sha256 (what no README line may remove)."""
+    manifest = json.loads((root / "outputs" / "demo" / "manifest.json").read_text())
+    return {n: a["sha256"] for n, a in manifest["artifacts"].items() if n.startswith(("02_", "03_"))}
 
 
 @pytest.mark.slow
@@ -274,8 +293,10 @@ def test_readme_shell_line(line, clone):
         out = clone / words[words.index("--out") + 1]
         assert out.is_file() and out.stat().st_size > 0, f"{line.text!r} wrote no {out}"
     assert "wrote " in done.stdout or "results in " in done.stdout, done.stdout
-    if line.kind == "stage_resume":
+    if line.kind == "stage_resume" and not own_settings(line):
         assert "stage explain: reused" in done.stderr, done.stderr[-3000:]
+    # the lines run in order on the state the previous one left: none removes the demo run's finished results
+    assert finished_demo(clone) == json.loads((clone / "demo_finished.json").read_text()), done.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def _stage_command(stages):
 
         cfg = _config(args)
         try:
-            store = run(cfg, stages, fresh=args.fresh)
+            store = run(cfg, stages, fresh=args.fresh, replace=args.replace)
         except KeyboardInterrupt:
             again = shlex.join(["shapshift", *[a for a in sys.argv[1:] if a != "--fresh"]])
             print(f"shapshift: interrupted; the finished stages and examples are kept in {cfg.run_dir}. "
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--name", help="run name (folder under output_dir)")
         p.add_argument("--fresh", action="store_true",
                        help="start over: remove this stage's results (and later stages') instead of reusing them")
+        p.add_argument("--replace", action="store_true",
+                       help="redo finished stages whose settings changed, removing their results (without it such a "
+                            "run is refused: use another --name to keep both)")
         p.add_argument("--resume", action="store_true",
                        help="accepted for compatibility; reusing what finished under the same config is the default")
     p = sub.add_parser("explain-text", help="explain one ad-hoc text")

@@ -357,7 +357,7 @@ def load_run_model(cfg: RunConfig) -> tuple[Any, Any]:
 
 
 def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True,
-        loader: ModelLoader | None = None) -> RunStore:
+        loader: ModelLoader | None = None, replace: bool = False) -> RunStore:
     """Run the named stages in order, loading the model once (when a stage needs it), reusing what is still valid.
 
     The one stage runner: the CLI verbs and the notebooks call it. By default a stage that finished
@@ -365,7 +365,9 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     had explained, and a stage whose settings changed is redone; each decision is logged with its
     reason, and redoing a stage removes (and lists) the later stages' results made from its old
     output. A stage whose inputs (an earlier stage's artifacts) are missing stops with an error that
-    says which stage to run first. ``fresh``: remove the named stages' results (and every later
+    says which stage to run first. Finished explain or adapt results made under other settings are never
+    removed silently: the run refuses (an :class:`ArtifactError` naming the changed settings and how to keep
+    them: another run name) unless ``replace`` (CLI ``--replace``) or ``fresh``. ``fresh``: remove the named stages' results (and every later
     stage's, unfinished examples included) and start over; ``resume=False`` is its old spelling.
     ``loader``: ``cfg -> (model, tokenizer)`` (default :func:`load_run_model`; the notebooks pass one
     that keeps the model between cells).
@@ -374,6 +376,14 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)
     new_folder = not store.dir.exists()
+    at_risk = None if fresh or replace or new_folder else stages.finished_work_at_risk(store, cfg, [s.name for s in todo])
+    if at_risk:
+        stage, changed, finished = at_risk
+        raise ArtifactError(
+            f"The run folder {store.dir} holds finished {' and '.join(finished)} results made under other settings "
+            f"({', '.join(changed) or 'settings of stage ' + stage} changed); running stage {stage} now would remove them.",
+            f"To keep them, run under another name (--name {cfg.name}_2, or --set name=...: a new folder under "
+            f"{cfg.output_dir}); to replace them on purpose, add --replace (in a notebook: resume off).")
     try:
         _run_stages(cfg, store, todo, fresh=fresh, loader=loader)
     except BaseException:

@@ -142,6 +142,29 @@ def stage_status(store: RunStore, cfg: RunConfig, stage: str) -> tuple[bool, str
     return True, "finished under the same settings, artifacts intact"
 
 
+#: Stages whose finished results cost model time: a re-run under other settings refuses to remove them
+#: unless asked (``replace``; CLI ``--replace``), and says how to keep them (another run name).
+COSTLY = ("explain", "adapt")
+
+
+def finished_work_at_risk(store: RunStore, cfg: RunConfig, stage_names: Sequence[str]) -> tuple[str, list[str], list[str]] | None:
+    """What running ``stage_names`` under ``cfg`` would remove of finished costly work: ``(stage, changed keys,
+    finished costly stages)``, or None. The first stage to redo is the one whose settings changed; redoing it
+    removes it and every later stage (:func:`invalidate_from`)."""
+    recorded = store.manifest().get("stages", {})
+    for name in sorted(stage_names, key=STAGES.index):
+        info = recorded.get(name)
+        ok, _ = stage_status(store, cfg, name)
+        if ok:
+            continue
+        if not info or info.get("fingerprint") == stage_fingerprint(cfg, name):
+            return None  # not run, interrupted or damaged: nothing finished under other settings is at stake
+        finished = [s.name for s in later(name) if s.name in COSTLY and recorded.get(s.name, {}).get("complete")]
+        changed = changed_settings(info.get("settings") or {}, cfg, name) if info.get("settings") else []
+        return (name, changed, finished) if finished else None
+    return None
+
+
 def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
     """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
     return stage_status(store, cfg, stage)[0]
