@@ -175,3 +175,36 @@ def test_unknown_method_lists_the_lenses(tiny_neo):
         shapshift.explain(model, tok, ["x"], targets=[" y"], method="saliency", progress=False)
     message = " ".join(str(err.value).split())
     assert all(name in message for name in ("input_x_gradient", "integrated_gradients", "attention_rollout"))
+
+
+def test_a_missing_lens_package_says_what_to_install(tiny_neo, monkeypatch, tmp_path):
+    """Issue 28 item 4: Captum was in the dev extra only, so a plain install failed on a gradient lens with
+    ModuleNotFoundError. Now the `lenses` extra holds it, the notebooks install it with the lens, and without it
+    explain() and a run say in one sentence what to install (before any model time)."""
+    import re
+    import sys
+    from pathlib import Path
+
+    from shapshift import colab
+    from shapshift.config import RunConfig
+    from shapshift.errors import ConfigError
+    from shapshift.explainers.gradients import CAPTUM
+    from shapshift.pipeline import run
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"{CAPTUM}"' in re.search(r"^lenses = \[(.*)\]$", pyproject, re.M).group(1)
+    core = re.search(r"^dependencies = \[(.*?)\]", pyproject, re.M | re.S).group(1)
+    assert "captum" not in core  # not a dependency of every install: the lens's extra
+    assert colab.lens_command(["auto", "integrated_gradients"]) == []  # installed here: nothing to do
+    monkeypatch.setitem(sys.modules, "captum", None)  # as on a plain install
+    model, tok = tiny_neo
+    for method in ("input_x_gradient", "integrated_gradients"):
+        with pytest.raises(ConfigError, match=r"(?s)not installed.*pip install\s+'captum>=0.7'"):
+            shapshift.explain(model, tok, ["good film"], targets=[" yes"], method=method, progress=False)
+    assert colab.lens_command(["auto", "integrated_gradients"])[-1] == CAPTUM
+    assert colab.lens_command(["auto", "attention"]) == []  # attention needs nothing more
+    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
+                               "explain": {"methods": ["auto", "integrated_gradients"]}})
+    with pytest.raises(ConfigError, match="captum"):
+        run(cfg)
+    assert not (tmp_path / cfg.name).exists()

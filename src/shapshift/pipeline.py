@@ -376,6 +376,10 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)
     new_folder = not store.dir.exists()
+    if any(s.name in stages.COSTLY for s in todo):  # a lens's package missing: say what to install before any work
+        from .explainers.registry import check_installed
+
+        check_installed(cfg.explain.all_methods)
     at_risk = None if fresh or replace or new_folder else stages.finished_work_at_risk(store, cfg, [s.name for s in todo])
     if at_risk:
         stage, changed, finished = at_risk

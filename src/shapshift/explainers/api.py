@@ -29,6 +29,7 @@ from .precision import expected_rank_agreement, explain_to_precision
 from .registry import (
     REGISTRY,
     auto_budget,  # noqa: F401  (auto's policy lives in the registry; read from here too)
+    check_installed,
     choose_method,
     lens_methods,
     method_choices,
@@ -150,6 +151,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         if name not in REGISTRY:
             raise ConfigError(f"Unknown explanation method {name!r}.", f"Choose one of {', '.join(method_choices())}.")
         cls = REGISTRY[name]
+        check_installed([name])
         cap = task.max_evals
         if method == "auto":
             task.max_evals = cls.auto_budget(task.n_features, task.max_evals)
@@ -249,6 +251,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
                   options={} if lens else dict(options or {})).validate()
     if lens:
         validate_options([method], dict(options or {}))
+        check_installed([method])
     if targets is None:
         GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline).validate()
     if isinstance(texts, str | PromptParts):  # one text given alone

@@ -49,6 +49,8 @@ IG_STEPS = 32
 #: input (RMSNorm is scale-invariant, so the path from zero bends sharply near it): on two SST-2 prompts with
 #: SmolLM2 the gap at 32 steps was 125-480 % of |f(x) - f(baseline)| from zero and 23-44 % from the pad token.
 IG_BASELINE = "pad"
+#: The gradient lenses' one dependency beyond shapshift's (the ``lenses`` extra of pyproject.toml lists it).
+CAPTUM = "captum>=0.7"
 #: Rows (interpolation points × target tokens) per forward/backward pass on the CPU.
 CPU_GRAD_ROWS = 32
 
@@ -139,6 +141,7 @@ class _GradientLens(Estimator):
     is_shap = False
     deterministic = True
     needs_weights = True
+    requires = {"captum": CAPTUM}
 
     def _run(self, task: ExplainTask, f: EmbeddingScore, x: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover

@@ -11,6 +11,8 @@ notebooks' method lists (:func:`method_choices`) and by the comparison stage (it
 - ``Options``: a dataclass of its settings with defaults, checked in ``__post_init__``; they come from
   ``explain.options`` / ``explain(options=...)`` and reach the constructor (``self.options``);
 - ``budget``: what ``max_evals`` means for it, in one line;
+- ``requires``: packages it imports beyond shapshift's dependencies (import name → pip requirement; the
+  ``lenses`` extra installs them, :func:`check_installed` says what to install when one is missing);
 - what ``auto`` and the checks need: ``max_features``, ``rounds`` (can be run to a precision),
   ``maskings`` (the maskings it can honour; None: every scorer masking), ``units``,
   ``uses_scorer`` and ``needs_weights``, and ``auto_order`` / ``auto_max_features`` /
@@ -54,6 +56,8 @@ class Estimator:
     auto_order: ClassVar[int | None] = None
     auto_max_features: ClassVar[int | None] = None
     auto_evals_per_feature: ClassVar[int | None] = None
+    #: Packages beyond shapshift's dependencies, import name → pip requirement (in the ``lenses`` extra).
+    requires: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: Mapping[str, Any] | Any = None) -> None:
         self.options = options if isinstance(options, self.Options) else self.make_options(options or {})
@@ -189,6 +193,27 @@ def validate_options(methods: Iterable[str], options: Mapping[str, Any]) -> None
                           f"({', '.join(methods)}) takes.", f"The options by method are: {listed}.")
     for cls in entries:
         cls.make_options(options, strict=False)
+
+
+def missing_requirements(methods: Iterable[str]) -> list[str]:
+    """The pip requirements of ``methods`` (their ``requires``) whose package is not installed here."""
+    import importlib.util
+
+    out = []
+    for cls in expand(methods):
+        for module, requirement in cls.requires.items():
+            if importlib.util.find_spec(module) is None and requirement not in out:
+                out.append(requirement)
+    return out
+
+
+def check_installed(methods: Iterable[str]) -> None:
+    """Raise a :class:`ConfigError` saying what to install when a method of ``methods`` needs a missing package."""
+    missing = missing_requirements(methods)
+    if missing:
+        who = [c.name for c in expand(methods) if any(r in missing for r in c.requires.values())]
+        raise ConfigError(f"{', '.join(who)} need(s) {', '.join(missing)}, which is not installed.",
+                          f"Install it with: pip install {' '.join(repr(r) for r in missing)} (or shapshift[lenses]).")
 
 
 def check_masking(methods: Iterable[str], masking: str) -> None:
