@@ -26,6 +26,7 @@ from ..prompting import (
 )
 from .base import Attribution, ExplainTask
 from .precision import expected_rank_agreement, explain_to_precision
+from .progress import ProgressScorer, planned_evals, warn_blank_targets, warn_precision
 from .registry import (
     REGISTRY,
     auto_budget,  # noqa: F401  (auto's policy lives in the registry; read from here too)
@@ -172,14 +173,25 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         else:
             key = reuse.attach(task)
             scorer = task.make_scorer() if cls.uses_scorer else None
-        if target is not None and cls.rounds:
-            res = explain_to_precision(task, scorer, estimator, target, cap,
-                                       first_budget=task.max_evals if method == "auto" else None)
-            att, reached = res.attribution, res.precision
-        else:
-            att = estimator.attribute(task, scorer)
-            reached = expected_rank_agreement(att.values, att.error_std, seed=task.seed) if att.error_std is not None \
-                else (1.0 if cls.exact else float("nan"))
+        rounds = target is not None and cls.rounds
+        counted = None
+        if cls.is_shap and scorer is not None:  # a bar within the example, and its cost said from the first batch
+            what = f"{desc} example {i + 1} of {len(tasks)} ({name}, {task.n_features} features)"
+            counted = ProgressScorer(scorer, planned_evals(task.n_features, cap if rounds else task.max_evals,
+                                                           cls.exact), what=what, progress=progress)
+        try:
+            if rounds:
+                res = explain_to_precision(task, counted or scorer, estimator, target, cap,
+                                           first_budget=task.max_evals if method == "auto" else None)
+                att, reached = res.attribution, res.precision
+                warn_precision(f"{desc} example {i + 1}", reached, target, att.n_evals, cap)
+            else:
+                att = estimator.attribute(task, counted or scorer)
+                reached = expected_rank_agreement(att.values, att.error_std, seed=task.seed) \
+                    if att.error_std is not None else (1.0 if cls.exact else float("nan"))
+        finally:
+            if counted is not None:
+                counted.close()
         seconds = time.perf_counter() - start
         if scorers is None:
             reuse.keep(key, scorer)
@@ -273,6 +285,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         for t, ids in zip(targets, target_ids):
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
+    warn_blank_targets(tokenizer, target_ids, texts)
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
                        max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}))
              for p, e, t in zip(parts, prompts, target_ids)]

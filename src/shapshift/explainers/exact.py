@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import Attribution, ExplainTask, scorer_attribution
 from .registry import Estimator, register
 
-#: The most features ``exact`` explains (``2^16`` evaluations).
+#: The most features ``exact`` can explain (``2^16`` evaluations).
 MAX_EXACT_FEATURES = 16
+#: The most features ``exact`` explains unless asked for more (option ``max_features``): ``2^12 = 4,096``
+#: evaluations, seconds to minutes; 16 features are 65,536 (an hour on a CPU for a long prompt).
+EXACT_LIMIT = 12
+
+
+@dataclass(frozen=True)
+class ExactOptions:
+    """``max_features``: explain inputs of up to this many features (default :data:`EXACT_LIMIT`, at most 16)."""
+
+    max_features: int = EXACT_LIMIT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_features <= MAX_EXACT_FEATURES:
+            raise ConfigError(f"exact's max_features={self.max_features} must be between 1 and {MAX_EXACT_FEATURES}.",
+                              f"Use e.g. max_features={EXACT_LIMIT} (the default); for more features, method=auto.")
 
 
 def all_coalitions(n: int) -> np.ndarray:
@@ -40,12 +57,16 @@ class ExactExplainer(Estimator):
     exact = True
     budget = "ignored: 2^n evaluations, always"
     max_features = MAX_EXACT_FEATURES
+    Options = ExactOptions
     auto_order, auto_max_features = 0, 5  # auto: up to 5 features, 2^n is no more than the others' budget
 
     def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
-        if n > MAX_EXACT_FEATURES:
-            raise ValueError(f"exact Shapley values need 2^{n} model evaluations; use method='sampling' "
-                             f"for inputs over {MAX_EXACT_FEATURES} tokens")
+        if n > self.options.max_features:
+            raise ConfigError(f"method='exact' on {n} features needs 2^{n} = {2**n:,} model evaluations, over its limit of "
+                              f"{self.options.max_features} features ({2**self.options.max_features:,} evaluations).",
+                              f"Use method='auto' (it samples to a precision), or ask for it with "
+                              f"options={{'max_features': {n}}} (explain.options={{max_features: {n}}}; at most "
+                              f"{MAX_EXACT_FEATURES}).")
         v = scorer(all_coalitions(n))
         return scorer_attribution(scorer, shapley_from_table(v, n), v[0])
