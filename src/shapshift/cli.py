@@ -95,7 +95,7 @@ def _explain_text(args: argparse.Namespace) -> int:
         atomic_write_bytes(out, pickle.dumps(exp, protocol=4))
     print("output tokens:", "".join(exp.output_names))
     top = sorted(zip(exp.data, exp.values.sum(axis=1)), key=lambda t: -abs(t[1]))[:5]
-    print("largest |value| (summed over output tokens):", ", ".join(f"{t!r} {v:+.2f}" for t, v in top))
+    print("largest |value| (summed over output tokens):", ", ".join(f"{t!r} {v:+.3g}" for t, v in top))
     print(f"wrote {out}")
     return 0
 
