@@ -80,6 +80,9 @@ def _explain_text(args: argparse.Namespace) -> int:
                           + EXPLAIN_TEXT_OUTPUTS[".pkl"] + ").")
     if args.target is None:  # refuse a bad generation setting before the model is loaded
         GenerationConfig(max_new_tokens=args.max_new_tokens).validate()
+    from .explainers.registry import check_installed
+
+    check_installed([args.method])  # a lens's missing package: said before the model loads
     model, tokenizer = load_model(args.model)
     # text typed on the command line follows --set's rule: \n and \t typed as two characters are a newline and a tab
     text, target, context = (None if v is None else unescape(v) for v in (args.text, args.target, args.context))

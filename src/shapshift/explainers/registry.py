@@ -212,8 +212,9 @@ def check_installed(methods: Iterable[str]) -> None:
     missing = missing_requirements(methods)
     if missing:
         who = [c.name for c in expand(methods) if any(r in missing for r in c.requires.values())]
-        raise ConfigError(f"{', '.join(who)} need(s) {', '.join(missing)}, which is not installed.",
-                          f"Install it with: pip install {' '.join(repr(r) for r in missing)} (or shapshift[lenses]).")
+        raise ConfigError(f"method {' and '.join(who)} needs {', '.join(missing)}, which is not installed.",
+                          f"Install it with: pip install {' '.join(repr(r) for r in missing)} "
+                          "(or pip install 'shapshift[lenses]').")
 
 
 def check_masking(methods: Iterable[str], masking: str) -> None:
