@@ -12,7 +12,6 @@ stage 3 and their set-up live in :mod:`shapshift.conditions`.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -367,8 +366,8 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     output. A stage whose inputs (an earlier stage's artifacts) are missing stops with an error that
     says which stage to run first. Finished explain or adapt results made under other settings are never
     removed silently: the run refuses (an :class:`ArtifactError` naming the changed settings and how to keep
-    them: another run name) unless ``replace`` (CLI ``--replace``) or ``fresh``. ``fresh``: remove the named stages' results (and every later
-    stage's, unfinished examples included) and start over; ``resume=False`` is its old spelling.
+    them: another run name) unless ``replace`` (CLI ``--replace``) or ``fresh``. ``fresh``: remove the named
+    stages' results (and every later stage's, unfinished examples included) and start over; ``resume=False`` is its old spelling.
     ``loader``: ``cfg -> (model, tokenizer)`` (default :func:`load_run_model`; the notebooks pass one
     that keeps the model between cells).
     """
@@ -376,24 +375,12 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)
     new_folder = not store.dir.exists()
-    if any(s.name in stages.COSTLY for s in todo):  # a lens's package missing: say what to install before any work
-        from .explainers.registry import check_installed
-
-        check_installed(cfg.explain.all_methods)
-    at_risk = None if fresh or replace or new_folder else stages.finished_work_at_risk(store, cfg, [s.name for s in todo])
-    if at_risk:
-        stage, changed, finished = at_risk
-        raise ArtifactError(
-            f"The run folder {store.dir} holds finished {' and '.join(finished)} results made under other settings "
-            f"({', '.join(changed) or 'settings of stage ' + stage} changed); running stage {stage} now would remove them.",
-            f"To keep them, run under another name (--name {cfg.name}_2, or --set name=...: a new folder under "
-            f"{cfg.output_dir}); to replace them on purpose, add --replace (in a notebook: resume off).")
+    stages.check_before_running(store, cfg, [s.name for s in todo], replace=fresh or replace or new_folder)
     try:
         _run_stages(cfg, store, todo, fresh=fresh, loader=loader)
     except BaseException:
-        # a run that failed before it wrote anything leaves no folder holding only manifest.json
-        if new_folder and store.writer and store.dir.is_dir() and {p.name for p in store.dir.iterdir()} <= {"manifest.json"}:
-            shutil.rmtree(store.dir, ignore_errors=True)
+        if new_folder:  # a run that failed before it wrote anything leaves no folder holding only manifest.json
+            stages.remove_if_empty(store)
         raise
     return store
 

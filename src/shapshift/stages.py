@@ -165,6 +165,29 @@ def finished_work_at_risk(store: RunStore, cfg: RunConfig, stage_names: Sequence
     return None
 
 
+def check_before_running(store: RunStore, cfg: RunConfig, stage_names: Sequence[str], *, replace: bool) -> None:
+    """Refuse, before any work, to run ``stage_names`` when a lens's package is missing (what to install) or when it
+    would remove finished costly results made under other settings, unless ``replace`` (how to keep them)."""
+    if any(name in COSTLY for name in stage_names):
+        from .explainers.registry import check_installed
+
+        check_installed(cfg.explain.all_methods)
+    at_risk = None if replace else finished_work_at_risk(store, cfg, stage_names)
+    if at_risk:
+        stage, changed, finished = at_risk
+        raise ArtifactError(
+            f"The run folder {store.dir} holds finished {' and '.join(finished)} results made under other settings "
+            f"({', '.join(changed) or 'settings of stage ' + stage} changed); running stage {stage} now would remove them.",
+            f"To keep them, run under another name (--name {cfg.name}_2, or --set name=...: a new folder under "
+            f"{cfg.output_dir}); to replace them on purpose, add --replace (in a notebook: resume off).")
+
+
+def remove_if_empty(store: RunStore) -> None:
+    """Remove the run folder when it holds nothing but ``manifest.json`` (a run that failed before writing)."""
+    if store.writer and store.dir.is_dir() and {p.name for p in store.dir.iterdir()} <= {"manifest.json"}:
+        shutil.rmtree(store.dir, ignore_errors=True)
+
+
 def stage_done(store: RunStore, cfg: RunConfig, stage: str) -> bool:
     """Whether ``stage`` finished under the same config and its recorded artifacts are intact."""
     return stage_status(store, cfg, stage)[0]
