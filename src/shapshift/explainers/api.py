@@ -22,7 +22,6 @@ from ..prompting import (
     encode_prompt,
     encode_targets,
     feature_groups,
-    token_strings,
 )
 from .base import Attribution, ExplainTask
 from .precision import expected_rank_agreement, explain_to_precision
@@ -94,7 +93,7 @@ def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
     data = att.data if att.data is not None else task.feature_strings
     exp = shap.Explanation(
         values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
-        output_names=token_strings(task.tokenizer, task.target_ids), error_std=att.error_std,
+        output_names=task.output_names, error_std=att.error_std,
         compute_time=seconds,
     )
     if task.feature_tokens is not None:
@@ -157,6 +156,10 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
             raise ConfigError(f"method={name!r} cannot explain {task.n_features} features (at most {cls.max_features}; "
                               f"its budget: {cls.budget}).", f"Use method='auto' or 'quadrature' for inputs over "
                               f"{cls.max_features} features.")
+        if task.contrast_ids and (cls.needs_weights or not cls.uses_scorer):
+            raise ConfigError(f"method={name!r} cannot explain a contrastive target: it scores the target tokens "
+                              "itself rather than through the shared scorer.",
+                              "Use a SHAP estimator that scores through it (auto, exact, quadrature, kernel, sampling).")
         if cls.needs_weights and getattr(task.model, "is_remote", False):
             raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention, shap's own model "
                               "wrapper), which a model behind an API does not expose.",
@@ -184,7 +187,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         explanations.append(to_explanation(task, att, seconds))
         # the expected rank agreement of two runs (explainers.precision), the evaluations it took, the method that ran
         explanations[-1].precision, explanations[-1].n_evals, explanations[-1].method = reached, att.n_evals, name
-        stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
+        stats.append({"method": name, "n_features": task.n_features, "n_outputs": task.n_outputs,
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
                       "precision": round(reached, 4),
                       **{k: np.asarray(v).tolist() for k, v in att.extras.items()}})
