@@ -314,6 +314,8 @@ class CompareConfig:
     seed: int = 0  # bootstrap seed
     fdr: float = 0.05  # false discovery rate of the per-feature change tests (over one example's features)
     min_change: float = 0.1  # smallest change counted, as a share of the example's largest |value|
+    word_groups: dict[str, list[str]] = field(default_factory=dict)  # name -> words (e.g. a sentiment lexicon),
+    # reported beside content and function words in how importance moved (shapshift.movement)
 
     def validate(self) -> None:
         if not 0 < self.fdr < 1 or not 0 <= self.min_change < 1:

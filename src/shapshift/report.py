@@ -41,6 +41,7 @@ from . import overlap as ov  # noqa: E402
 from . import textplot  # noqa: E402
 from .compare import (  # noqa: E402
     CURVES_FILE,
+    MOVEMENT_FILE,
     OVERLAP_FILE,
     STAGE,
     SUMMARY_FILE,
@@ -57,12 +58,14 @@ from .config import (  # noqa: E402
     resolve_masking,
 )
 from .errors import ArtifactError  # noqa: E402
+from .movement_views import movement_figure  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
+MOVEMENT_FIGURE = "movement.png"
 REPORT_FILE = "report.html"
 METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank agreement",
                  "sign_agreement": "sign agreement", "signed_rank_agreement": "signed rank agreement",
@@ -442,6 +445,11 @@ def make_figures(run_dir: str | Path, cfg: CompareConfig | None = None,
         "overlap_heatmap": plot_heatmap(summary, store),
         "per_example": plot_per_example(overlap, store, seed=seed),
     }
+    moved_file = store.path(MOVEMENT_FILE)
+    if moved_file.exists():
+        fig = movement_figure(store.read_parquet(MOVEMENT_FILE))
+        if fig is not None:
+            out["movement"] = save_figure(fig, store, MOVEMENT_FIGURE)
     from .behaviour import finetune_record
 
     record = finetune_record(store)
@@ -511,8 +519,24 @@ def summary_table_html(summary: pd.DataFrame) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def movement_html(store: RunStore) -> str:
+    """How the reasons moved (:mod:`shapshift.movement`): one sentence per condition and the figure."""
+    sentences = store.manifest().get("stages", {}).get(STAGE, {}).get("movement") or []
+    if not sentences:
+        return ""
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    fig = store.path(f"{FIGURES_DIR}/{MOVEMENT_FIGURE}")
+    img = _img(store.verify(f"{FIGURES_DIR}/{MOVEMENT_FIGURE}"), "how the reasons moved") if fig.exists() else ""
+    return ("<h2>Answer: how the reasons moved</h2><ul>" + items + "</ul>" + img +
+            "<p class=muted>Mean change of each word's value (the condition's minus the baseline's, summed over the "
+            "explained tokens) over the examples it occurs in, with a 95 % bootstrap interval and the number of "
+            "examples where it changed beyond the estimator's noise; word groups sum their words per example "
+            "(<code>04_movement.parquet</code>; your own groups: <code>compare.word_groups</code>).</p>")
+
+
 def verdicts_html(store: RunStore) -> str:
-    """The answer first: one sentence per condition (``04_verdicts.csv``) and their numbers in a table."""
+    """The answer first: how the reasons moved (:func:`movement_html`), then one sentence per condition
+    (``04_verdicts.csv``) on whether it changed them beyond the noise, and their numbers in a table."""
     if not store.path(VERDICT_SUMMARY_FILE).exists():
         return ""
     v = pd.read_csv(store.verify(VERDICT_SUMMARY_FILE))
@@ -522,7 +546,7 @@ def verdicts_html(store: RunStore) -> str:
         f"<td>[{_fmt(r['share_ci_low'], 2)}, {_fmt(r['share_ci_high'], 2)}]</td><td>{_fmt(r['spearman'], 2)}</td>"
         f"<td>{_fmt(r['spearman_corrected'], 2)} [{_fmt(r['corrected_ci_low'], 2)}, {_fmt(r['corrected_ci_high'], 2)}]</td>"
         f"<td>{_fmt(r['reliability_b'], 2)}</td></tr>" for _, r in v.iterrows())
-    return (f"<h2>Answer: what changed beyond the estimator's noise</h2><ul>{sentences}</ul>"
+    return (movement_html(store) + f"<h2>Answer: what changed beyond the estimator's noise</h2><ul>{sentences}</ul>"
             "<table><tr><th class=l>vs baseline</th><th>examples changed</th><th>share 95% CI</th><th>Spearman ρ</th>"
             "<th>ρ corrected for noise [95% CI]</th><th>reliability</th></tr>" + rows + "</table>")
 
