@@ -17,6 +17,7 @@ report. When no candidate makes the model write the reference, :attr:`FormatChec
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from itertools import product
 from typing import Any
@@ -31,7 +32,7 @@ from .config import TARGET_CASES, DataConfig
 from .generation import generate
 from .models import model_device
 from .prompting import Demonstration, build_prompt, encode_prompt
-from .scoring import make_scorer, token_logprobs
+from .scoring import batched_cache, forward_params, make_scorer, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -194,26 +195,34 @@ def greedy_prefix_and_logprob(model: Any, prompts: list[list[int]], targets: lis
 
     Greedy decoding writes the target first exactly when every target token is the most likely token after the
     prompt and the target's earlier tokens, which the same pass that scores the target reads (ties aside).
+    The prompts' common beginning (a format's demonstrations) runs once; its key/value cache serves every row.
     Right-padded batches; out-of-memory halves the batch (:mod:`shapshift.backoff`).
     """
     device = model_device(model)
-    pad = 0
+    n_common = len(os.path.commonprefix([list(p) for p in prompts])) - 1 if len(prompts) > 1 else 0
+    cache, name = None, "cache" if "cache" in forward_params(model) else "past_key_values"  # transformers 5 renamed it
+    if n_common > 0:
+        out = model(input_ids=torch.tensor([prompts[0][:n_common]], device=device), use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
     hits: list[bool] = []
     logps: list[float] = []
 
     def run(size: int) -> None:
         while len(hits) < len(prompts):
             start = len(hits)
-            seqs = [prompts[i] + targets[i] for i in range(start, min(start + size, len(prompts)))]
+            seqs = [(prompts[i] + targets[i])[max(n_common, 0):] for i in range(start, min(start + size, len(prompts)))]
             width = max(map(len, seqs))
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(seqs), width), dtype=torch.long)
+            ids = torch.zeros((len(seqs), width), dtype=torch.long)
+            attn = torch.zeros((len(seqs), n_common + width), dtype=torch.long)
+            attn[:, :n_common] = 1
             for j, seq in enumerate(seqs):
                 ids[j, :len(seq)] = torch.tensor(seq)
-                attn[j, :len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+                attn[j, n_common:n_common + len(seq)] = 1
+            extra = {} if cache is None else {name: batched_cache(cache, len(seqs)), "use_cache": True,
+                                              "position_ids": n_common + torch.arange(width, device=device).expand(len(seqs), -1)}
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), **extra).logits.float()
             for j in range(len(seqs)):
-                n_p, tgt = len(prompts[start + j]), torch.tensor(targets[start + j], device=logits.device)
+                n_p, tgt = len(prompts[start + j]) - n_common, torch.tensor(targets[start + j], device=logits.device)
                 rows = logits[j, n_p - 1:n_p - 1 + len(tgt)]
                 hits.append(bool((rows.argmax(-1) == tgt).all()))
                 logps.append(float(token_logprobs(rows, tgt).sum()))
