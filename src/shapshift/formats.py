@@ -121,6 +121,21 @@ class FormatCheck:
                 for r in self.table.to_dict(orient="records")]
 
 
+def check_summary(stage_info: dict[str, Any]) -> tuple[pd.DataFrame, str | None]:
+    """The format check a run recorded (its manifest's ``stages.preprocess``) as one row per format: how often the
+    model wrote the reference and its mean log-probability under each checked prompt, the chosen one marked;
+    and the check's note. An empty table when no check ran."""
+    records = stage_info.get("format_check") or []
+    if not records:
+        return pd.DataFrame(), stage_info.get("format_note")
+    table = pd.DataFrame(records)
+    wide = table.pivot_table(index="format", columns="prompt", values=["generates", "mean_logprob"], sort=False)
+    wide.columns = [f"{'writes the reference' if v == 'generates' else 'mean log p'} ({p})" for v, p in wide.columns]
+    chosen = (stage_info.get("format") or {}).get("name")
+    wide.insert(0, "chosen", ["✓" if f == chosen else "" for f in wide.index])
+    return wide.round(3), stage_info.get("format_note")
+
+
 def check_formats(model: Any, tokenizer: PreTrainedTokenizerBase, train: pd.DataFrame, cfg: DataConfig,
                   formats: list[PromptFormat]) -> FormatCheck:
     """Measure each format on ``cfg.format_check_rows`` rows of ``train`` (stage-1 columns with

@@ -58,6 +58,7 @@ from .config import (  # noqa: E402
     resolve_masking,
 )
 from .errors import ArtifactError  # noqa: E402
+from .formats import check_summary  # noqa: E402
 from .movement_views import movement_figure  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
@@ -359,6 +360,26 @@ def _metric_cell(x: Any) -> str:
     return _fmt(x) if isinstance(x, (int, float, np.number)) or x is None else html.escape(str(x))
 
 
+def format_check_html(store: RunStore) -> str:
+    """The prompt format the run used and the check that chose it (:mod:`shapshift.formats`)."""
+    stage = store.manifest().get("stages", {}).get("preprocess", {})
+    fmt = (stage.get("format") or {}).get("name")
+    table, note = check_summary(stage)
+    if not fmt:
+        return ""
+    said = f"<p>Prompt format: <b>{html.escape(fmt)}</b>"
+    if table.empty:
+        return said + " (no format check ran: data.format_check_rows is 0, or nothing to choose).</p>"
+    n = int(pd.DataFrame(stage["format_check"])["n_rows"].iloc[0])
+    rows = "".join("<tr><td class=l>" + html.escape(str(i)) + "</td>" + "".join(f"<td>{html.escape(str(v))}</td>"
+                   for v in r) + "</tr>" for i, r in zip(table.index, table.itertuples(index=False)))
+    head = "<tr><th class=l>format</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr>"
+    return (said + f", chosen by the format check on {n} training rows (never the explained ones): the share of rows "
+            "whose greedy generation starts with the reference as the format writes it, and its mean log-probability "
+            "(nats), with the template alone and after demonstrations.</p>"
+            + (f"<div class=note>{html.escape(note)}</div>" if note else "") + f"<table>{head}{rows}</table>")
+
+
 def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list[str]]:
     """The "What the model did" section, and its warnings (also shown at the top of the report)."""
     from . import behaviour as bh
@@ -395,7 +416,7 @@ def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list
     per_example = ("<table><tr><th>example</th><th class=l>input text</th><th class=l>reference</th>"
                    + "".join(f"<th class=l>{html.escape(_label(c))}</th>" for c in conds) + "</tr>"
                    + "".join(rows) + "</table>")
-    parts = [f"<table>{head}{body}</table>",
+    parts = [format_check_html(store), f"<table>{head}{body}</table>",
              "<p class=muted>Label match: the generation starts with the reference output. log p: the "
              "log-probability (nats) of the explained text under the condition, summed over its tokens; "
              "≈ p per token is its geometric mean.</p>",
@@ -596,7 +617,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
         verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store), masking=masking_meaning(store),
-        feature=feature_name(store),
+        feature=feature_name(store), contrast=explain_setting(store, "target") == "contrastive",
         rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",
         headline=summary_table_html(headline(summary)), lens_section=lens_section,
         figures={k: _img(figures[k], k.replace("_", " ")) for k in ("overlap_at_k", "overlap_heatmap", "per_example")},
