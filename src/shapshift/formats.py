@@ -10,7 +10,7 @@ The **format check** (:func:`check_formats`, run by preprocessing when ``data.fo
 measures each candidate on a few training rows, never the explained ones: how often the greedy
 generation starts with the reference's tokens, and the mean log-probability of the reference, with the
 template alone and after ``data.format_check_shots`` demonstrations. The best candidate (most often
-generated, then most probable) is the run's format; the table goes to the manifest, notebook 01 and the
+generated after demonstrations, then most probable; the template alone breaks ties) is the run's format; the table goes to the manifest, notebook 01 and the
 report. When no candidate makes the model write the reference, :attr:`FormatCheck.note` says so.
 """
 
@@ -142,8 +142,12 @@ def check_formats(model: Any, tokenizer: PreTrainedTokenizerBase, train: pd.Data
     ``source_text`` and ``reference_text``); the demonstrations are ``cfg.format_check_shots`` other train rows.
 
     ``generates``: share of rows whose greedy generation starts with the reference's tokens as the format
-    writes them; ``mean_logprob``: mean summed log-probability of those tokens (nats). The chosen format
-    has the highest mean ``generates`` over the prompts, then the highest mean log-probability.
+    writes them; ``mean_logprob``: mean summed log-probability of those tokens (nats). The chosen format is the
+    best after demonstrations (most often generated, then most probable), ties broken by the template alone:
+    with demonstrations the model is shown the format, as the prompted conditions and the fine-tuned model
+    are, while the template alone shows no answer at all and mostly measures the model's prior (on the demo's
+    reviews SmolLM2 writes " Positive" unprompted, yet after demonstrations " positive" is the more accurate:
+    few-shot label match 0.94 against 0.75 on the 16 explained reviews).
     """
     from .fewshot import select_demonstrations
 
@@ -169,9 +173,13 @@ def check_formats(model: Any, tokenizer: PreTrainedTokenizerBase, train: pd.Data
                          "generates": generates, "mean_logprob": logprob})
     table = pd.DataFrame(rows, columns=CHECK_COLUMNS)
     means = table.groupby("format", sort=False)[["generates", "mean_logprob"]].mean()
-    best = max(range(len(formats)), key=lambda i: (means.loc[formats[i].name, "generates"],
-                                                   means.loc[formats[i].name, "mean_logprob"]))
-    chosen = formats[best]
+    by_prompt = table.set_index(["format", "prompt"])
+    order = [p for p in ("demonstrations", "template") if p in set(table["prompt"])]
+
+    def rank(f: PromptFormat) -> tuple[float, ...]:  # lexicographic: the prompt that shows the format first
+        return tuple(by_prompt.loc[(f.name, p), col] for p in order for col in ("generates", "mean_logprob"))
+
+    chosen = max(formats, key=rank)
     note = None
     if means["generates"].max() == 0:
         note = (f"Under none of the {len(formats)} prompt formats tried does the model write the reference on the "
