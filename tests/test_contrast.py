@@ -80,3 +80,17 @@ def test_contrastive_targets_refuse_what_cannot_explain_them():
     cfg.explain.target, cfg.data.label_column = "contrastive", None
     with pytest.raises(ConfigError, match="label"):
         cfg.validate()
+
+
+def test_explain_takes_contrasts_and_keeps_efficiency():
+    from shapshift import explain
+
+    model, tok = tiny("llama")
+    [exp] = explain(model, tok, ["a slow but kind film"], targets=[" positive"], contrasts=[" negative"],
+                    context="Review: {input}\nSentiment:", method="exact", unit="word", progress=False)
+    parts = build_prompt("a slow but kind film", "Review: {input}\nSentiment:", tok)
+    ids = encode_prompt(parts, tok).ids
+    pos, neg = (tok(t, add_special_tokens=False)["input_ids"] for t in (" positive", " negative"))
+    assert exp.values.shape == (5, 1) and exp.output_names == ["positive vs negative"]
+    assert exp.base_values[0] + exp.values.sum() == pytest.approx(_logprob(model, ids, pos) - _logprob(model, ids, neg),
+                                                                  abs=1e-4)

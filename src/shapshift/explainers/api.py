@@ -199,7 +199,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
             batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, precision: float | None = _EX.precision,
             unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens, stop_at_newline: bool = _GEN.stop_at_newline,
-            chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None) -> list[Any]:
+            chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
+            contrasts: Sequence[str] | None = None) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -230,6 +231,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
         ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
+    contrasts: one foil per text (e.g. ``" negative"`` against the target ``" positive"``): each explanation then has
+        one output, ``log p(target) - log p(contrast)``, summed over each one's tokens ("why this rather than that",
+        contrastive explanations; needs ``score="log_prob"`` and an estimator that scores through the shared scorer).
     options: method settings, e.g. ``{"n_steps": 64}`` for ``integrated_gradients``, ``{"rollout": True}``
         for ``attention``, ``{"fanout": 4}`` for ``hierarchical`` (each estimator's ``Options``; a key
         no method of the call takes is an error that lists them).
@@ -273,9 +277,16 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         for t, ids in zip(targets, target_ids):
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
+    if contrasts is not None and len(contrasts) != len(texts):
+        raise ConfigError(f"{len(contrasts)} contrasts for {len(texts)} texts.", "Pass one contrast per text, or None.")
+    if contrasts is not None:
+        ExplainConfig(method=method, score=score, target="contrastive").validate()
+    foils = [None] * len(texts) if contrasts is None else \
+        [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contrasts]
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
-                       max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}))
-             for p, e, t in zip(parts, prompts, target_ids)]
+                       max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}),
+                       contrast_ids=f)
+             for p, e, t, f in zip(parts, prompts, target_ids, foils)]
     if getattr(model, "is_remote", False):
         from ..remote.costs import announce_cost
 
