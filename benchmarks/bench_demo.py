@@ -25,8 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine_info, markdown_table  # noqa: E402
 
+from shapshift.behaviour import condition_summary, generations  # noqa: E402
 from shapshift.config import RunConfig  # noqa: E402
 from shapshift.pipeline import STAGES, run  # noqa: E402
+from shapshift.store import RunStore  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -49,6 +51,13 @@ def time_demo(method: str, out: Path, overrides: list[str]) -> dict:
         row["floor Spearman"] = round(float(verdicts.loc["baseline_rerun", "spearman"]), 3)
     for cond in [c for c in verdicts.index if c != "baseline_rerun"]:
         row[f"{cond} changed"] = f"{int(verdicts.loc[cond, 'n_changed'])}/{int(verdicts.loc[cond, 'n'])}"
+        if "n_ranking_changed" in verdicts:
+            row[f"{cond} changed"] += f" ({int(verdicts.loc[cond, 'n_ranking_changed'])} in ranking)"
+    # what the comparison is between: does the model write the explained label under each condition?
+    store = RunStore(run_dir)
+    row["format"] = stages.get("preprocess", {}).get("format", {}).get("name")
+    for r in condition_summary(generations(store)).itertuples():
+        row[f"{r.condition} label match"] = f"{int(r.label_matches)}/{r.n_with_reference}"
     return row
 
 
@@ -80,7 +89,9 @@ def main(argv=None) -> int:
         "noise-floor rerun) with `explain.method` set per row; seconds per stage from the run's manifest. The adapt "
         "stage includes the LoRA steps, which no estimator changes. `floor Spearman`: Spearman of the |value| rankings of the baseline against "
         "its rerun with another seed (mean over examples; the precision of the run); `<condition> changed`: examples "
-        "changed beyond the estimator's noise (`04_verdicts.csv`).", "",
+        "changed beyond the estimator's noise (`04_verdicts.csv`; in ranking: the order of the features changed, not only "
+        "their scale); `format`: the prompt format the format check chose; `<condition> label match`: examples whose "
+        "generation starts with the reference label (the report's behaviour table).", "",
         markdown_table(df), ""])
     args.out.write_text(text)
     print(text)

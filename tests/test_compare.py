@@ -246,7 +246,8 @@ def test_figures_exist_and_are_not_trivial(run):
 def test_report_is_self_contained_with_valid_colours(run):
     store, summary, html_path = run
     text = html_path.read_text(encoding="utf-8")
-    assert text.count("data:image/png;base64,") == 4
+    assert text.count("data:image/png;base64,") == 5  # overlap@k, heatmap, per example, movement, one example
+    assert "how the reasons moved" in text
     assert "np.float64" not in text and "np.float" not in text
     colours = RGBA_ANY.findall(text)
     assert colours and all(textplot.RGBA.fullmatch(c) for c in colours)

@@ -19,7 +19,7 @@ def test_overrides_are_parsed_as_yaml():
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match="Valid keys in data: .*input_column"):
+    with pytest.raises(ConfigError, match="(?s)Valid keys in data: .*input_column"):
         RunConfig.from_dict({"data": {"inptu_column": "x"}})
 
 

@@ -67,7 +67,8 @@ def test_every_form_field_sets_a_config_key():
                "explain_masking": "attention", "explain_unit": "word", "explain_precision": 0.9,
                "adapt_conditions": "few_shot", "adapt_finetune_method": "full", "compare_ks": "2, 4",
                "data_label_names": "0: bad, 1: good", "data_template": "Text: {input} =>", "data_target_column": "other",
-               "data_label_column": "other", "run_name": "another"}
+               "data_label_column": "other", "run_name": "another", "data_chat": "no", "data_target_case": "lower",
+               "explain_target": "reference"}
     flat = form._flatten
     for field, default in form.FORM_DEFAULTS.items():
         if field in NOTEBOOK_ONLY - {"run_root"}:

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from . import conditions as conds
+from . import movement, shift
 from . import overlap as ov
-from . import shift
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .errors import ArtifactError
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 OVERLAP_FILE = "04_overlap.parquet"
 #: Per-feature changes and per-example verdicts against the estimator's noise (:mod:`shapshift.shift`).
 CHANGES_FILE = "04_changes.parquet"
+MOVEMENT_FILE = "04_movement.parquet"
 VERDICTS_FILE = "04_verdicts.parquet"
 VERDICT_SUMMARY_FILE = "04_verdicts.csv"
 CURVES_FILE = "04_overlap_curves.parquet"
@@ -252,6 +253,10 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
         deterministic = baseline_is_deterministic(store) if NOISE_FLOOR not in conditions else None
         summary = summarize(overlap, n_bootstrap=cfg.n_bootstrap, seed=seed, deterministic=deterministic)
         verdicts, changes, verdict_summary = compare_to_baseline(loaded, cfg)
+        moved = movement.movement(changes, user_groups=getattr(cfg, "word_groups", None), n_bootstrap=cfg.n_bootstrap,
+                                  seed=seed)
+        store.write_parquet(moved, MOVEMENT_FILE)
+        info["movement"] = movement_sentences(moved, store)
         store.write_parquet(overlap, OVERLAP_FILE)
         store.write_parquet(curves_df, CURVES_FILE)
         store.write_parquet(changes, CHANGES_FILE)
@@ -266,6 +271,14 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
     for note in info["notes"]:
         log.info("compare: %s", note)
     return summary
+
+
+def movement_sentences(moved: pd.DataFrame, store: RunStore) -> list[str]:
+    """How each condition (not the noise floor) moved importance: one sentence each (:func:`movement.answer_sentence`)."""
+    score = (store.manifest().get("config") or {}).get("explain", {}).get("score", "log_prob")
+    unit = "nats" if score == "log_prob" else "log-odds"
+    names = [c for c in dict.fromkeys(moved["condition"]) if c != NOISE_FLOOR]
+    return [movement.answer_sentence(moved, c, conds.label(c), unit=unit) for c in conds.ordered(names)]
 
 
 def compare_to_baseline(loaded: dict[str, Explanations], cfg: CompareConfig) -> tuple[pd.DataFrame, pd.DataFrame,

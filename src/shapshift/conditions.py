@@ -168,11 +168,11 @@ def base_parts(rows: pd.DataFrame) -> list[PromptParts]:
 
 def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: Any, *, instruction: str | None = None,
                     demonstrations: Sequence[Demonstration] = ()) -> list[PromptParts]:
-    """Prompts of a prompting condition; the features (the text part) must equal the baseline's."""
-    from .models import uses_chat_template
+    """Prompts of a prompting condition, in the run's prompt format (:func:`run_uses_chat`); the features (the
+    text part) must equal the baseline's."""
     from .prompting import build_prompt
 
-    chat = uses_chat_template(tokenizer, cfg.data.chat)
+    chat = run_uses_chat(rows)
     parts = [build_prompt(r.source_text, cfg.data.template, tokenizer, chat=chat, instruction=instruction,
                           demonstrations=demonstrations) for r in rows.itertuples()]
     for p, r in zip(parts, rows.itertuples()):
@@ -181,6 +181,15 @@ def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: Any, *, instr
                             f"baseline's {r.input_text!r}.", "The template must place {input} the same way in every "
                             "condition.")
     return parts
+
+
+def run_uses_chat(rows: pd.DataFrame) -> bool:
+    """Whether the run's prompts are chat turns (``prompt_chat``, the format preprocessing chose), so that every
+    condition is prompted in the same format; a table from before that column: chat when a prompt starts
+    with a special token, as a chat template writes it."""
+    if "prompt_chat" in rows:
+        return bool(len(rows)) and bool(rows["prompt_chat"].all())
+    return bool(len(rows)) and str(rows["prompt_prefix"].iloc[0]).startswith("<")
 
 
 # -- the set-up of each stage-3 condition ------------------------------------------------------------------

@@ -43,6 +43,10 @@ DEFAULT_MASKING = "delete"
 SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
 #: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
 UNITS = ("token", "word", "sentence")
+#: How the reference's casing may be written (``data.target_case``; :mod:`shapshift.formats`).
+TARGET_CASES = ("as_written", "lower", "capitalized")
+#: What each condition explains (``explain.target``; :class:`ExplainConfig`).
+TARGETS = ("baseline", "own", "reference", "contrastive")
 #: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
 SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
 #: The default conditions of stage 3 (every registered one: :mod:`shapshift.conditions`).
@@ -97,8 +101,12 @@ class ModelConfig:
 class DataConfig:
     """Where the examples come from and how each one becomes a prompt.
 
-    ``template`` holds an ``{input}`` slot; ``"auto"`` picks the default for the model family
-    (plain completion for GPT-Neo/GPT-2, the chat template for instruct models).
+    ``template`` holds an ``{input}`` slot. The prompt format (:mod:`shapshift.formats`): ``chat`` (plain
+    completion, or chat turns with the instruction as the system message and each demonstration a user and an
+    assistant turn), ``target_prefix`` and ``target_case`` (how the reference is written). Each ``auto`` is
+    decided by the format check on ``format_check_rows`` training rows (never the explained ones), which picks
+    the format under which the model most often writes the reference; with the check off (0), ``auto`` is the
+    chat template when the tokenizer has one, a leading space for plain prompts only, the label as written.
     """
 
     source: str = "data/demo_reviews.csv"  # hub name or local CSV/TSV/JSON/JSONL/Parquet path
@@ -108,8 +116,11 @@ class DataConfig:
     label_column: str | None = "label"  # class label for accuracy; None for none
     label_names: dict[str, str] | None = None  # e.g. {"0": "negative", "1": "positive"}
     template: str = "Review: {input}\nSentiment:"
-    chat: str = "auto"  # auto | yes | no: wrap the template in the tokenizer's chat template
-    target_prefix: str = "auto"  # before the reference target text: auto = " " for plain prompts, "" for chat
+    chat: str = "auto"  # auto | yes | no: chat turns in the tokenizer's chat template (auto: the format check picks)
+    target_prefix: str = "auto"  # before the reference target text; auto: the format check picks " " or ""
+    target_case: str = "auto"  # the reference's casing: auto (the format check picks) | as_written | lower | capitalized
+    format_check_rows: int = 8  # training rows the prompt-format check measures each format on (0: no check)
+    format_check_shots: int = 4  # demonstrations before each checked row in the check's second prompt (0: template only)
     max_rows: int | None = None  # read at most this many rows (after shuffling with the seed)
     max_input_tokens: int = 128
     on_too_long: str = "truncate"  # truncate (keep the end) | drop | error
@@ -124,6 +135,12 @@ class DataConfig:
             raise ConfigError(f"data.on_too_long={self.on_too_long!r} is not one of truncate, drop, error.")
         if self.chat not in ("auto", "yes", "no"):
             raise ConfigError(f"data.chat={self.chat!r} is not one of auto, yes, no.")
+        if self.target_case not in ("auto", *TARGET_CASES):
+            raise ConfigError(f"data.target_case={self.target_case!r} is unknown.",
+                              f"Use auto (the format check picks) or one of {', '.join(TARGET_CASES)}.")
+        if self.format_check_rows < 0 or self.format_check_shots < 0:
+            raise ConfigError("data.format_check_rows and data.format_check_shots must be 0 or more.",
+                              "Set data.format_check_rows=0 to skip the prompt-format check.")
         if self.n_explain < 1:
             raise ConfigError("data.n_explain must be at least 1.")
         if self.max_input_tokens < 1:
@@ -151,7 +168,9 @@ class ExplainConfig:
     ``score``: ``log_prob`` (the default, :data:`DEFAULT_SCORE`) or ``log_odds`` (as ``shap.models.TeacherForcing``)
     of each target token, in nats.
     ``target``: ``baseline`` (every condition explains the baseline's generation), ``own`` (each
-    condition its own generation) or ``reference`` (the dataset's target column).
+    condition its own generation), ``reference`` (the dataset's target column) or ``contrastive``
+    (``log p(reference) - log p(the other label the baseline finds most likely)``, one value per feature: why
+    this label rather than that one; a labelled task and ``score: log_prob``).
     ``masking``: what "token absent" means (``attention``, ``delete``, ``replace``; :mod:`shapshift.scoring`);
     ``auto``: deletion, for every model (:func:`resolve_masking`); ``attention`` keeps the other tokens' positions.
     ``max_evals``: model evaluations (masked inputs) per example for the sampling estimators.
@@ -216,8 +235,18 @@ class ExplainConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
                               "Leave it empty (null) to choose it from the device's memory.")
-        if self.target not in ("baseline", "own", "reference"):
-            raise ConfigError(f"explain.target={self.target!r} is unknown.", "Use baseline, own or reference.")
+        if self.target not in TARGETS:
+            raise ConfigError(f"explain.target={self.target!r} is unknown.", f"Use one of {', '.join(TARGETS)}.")
+        if self.target == "contrastive":
+            if self.score != "log_prob":
+                raise ConfigError("explain.target=contrastive explains log p(reference) - log p(other label), a "
+                                  f"difference of log-probabilities, but explain.score is {self.score!r}.",
+                                  "Set explain.score to log_prob.")
+            cannot = [c.name for c in registry.expand(self.all_methods) if c.needs_weights or not c.uses_scorer]
+            if cannot:
+                raise ConfigError(f"explain.target=contrastive cannot be explained by {', '.join(cannot)}: they score "
+                                  "the target tokens themselves.", "Use auto, exact, quadrature, kernel or sampling, "
+                                  "without lenses in explain.methods.")
         if self.max_evals < 2:
             raise ConfigError("explain.max_evals must be at least 2.")
         if self.precision is not None and not (isinstance(self.precision, int | float) and 0 < self.precision < 1):
@@ -285,6 +314,8 @@ class CompareConfig:
     seed: int = 0  # bootstrap seed
     fdr: float = 0.05  # false discovery rate of the per-feature change tests (over one example's features)
     min_change: float = 0.1  # smallest change counted, as a share of the example's largest |value|
+    word_groups: dict[str, list[str]] = field(default_factory=dict)  # name -> words (e.g. a sentiment lexicon),
+    # reported beside content and function words in how importance moved (shapshift.movement)
 
     def validate(self) -> None:
         if not 0 < self.fdr < 1 or not 0 <= self.min_change < 1:
@@ -320,6 +351,10 @@ class RunConfig:
             raise ConfigError(f"name={self.name!r} is not a valid run folder name.", "Use a plain name such as 'demo'.")
         for section in (self.model, self.data, self.generation, self.explain, self.adapt, self.compare):
             section.validate()
+        if self.explain.target == "contrastive" and not (self.data.label_column and self.data.target_column):
+            raise ConfigError("explain.target=contrastive contrasts the reference label with the other labels, but "
+                              "data.label_column or data.target_column is empty.",
+                              "Name the label column in both (e.g. label), or use explain.target=reference.")
         if is_remote(self.model.spec):
             self._validate_remote()
         return self

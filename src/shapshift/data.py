@@ -10,6 +10,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import DataConfig
 from .errors import DataError
-from .models import uses_chat_template
+from .formats import PromptFormat, candidate_formats, check_formats, default_format
 from .prompting import build_prompt, check_template, token_strings
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ _BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".
 
 #: Columns of ``01_dataset.parquet`` (documented in the README).
 DATASET_COLUMNS = [
-    "example_id", "split", "source_text", "input_text", "prompt_prefix", "prompt_suffix", "prompt_text",
-    "target_text", "label", "input_ids", "input_tokens", "n_input_tokens", "truncated",
+    "example_id", "split", "source_text", "input_text", "prompt_prefix", "prompt_suffix", "prompt_text", "prompt_chat",
+    "target_text", "reference_text", "label", "input_ids", "input_tokens", "n_input_tokens", "truncated",
 ]
 
 
@@ -98,26 +99,49 @@ class PreprocessReport:
     n_dropped_too_long: int = 0
     n_kept: int = 0
     splits: dict[str, int] = field(default_factory=dict)
+    format: dict = field(default_factory=dict)  # the prompt format used (formats.PromptFormat.to_dict)
+    format_check: list[dict] = field(default_factory=list)  # the format check's table (formats.CHECK_COLUMNS)
+    format_note: str | None = None  # set when no format made the model write the reference
 
 
-def _target_texts(df: pd.DataFrame, cfg: DataConfig, chat: bool) -> pd.Series:
+def _references(df: pd.DataFrame, cfg: DataConfig) -> pd.Series:
+    """The reference output of each row as the dataset writes it (label names applied), None where absent."""
     if not cfg.target_column:
         return pd.Series([None] * len(df), index=df.index, dtype=object)
     raw = df[cfg.target_column]
     if cfg.label_names:
         raw = raw.map(lambda v: cfg.label_names.get(str(v), str(v)))
-    prefix = ("" if chat else " ") if cfg.target_prefix == "auto" else cfg.target_prefix
-    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else prefix + str(v).strip())
+    return raw.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
 
 
-def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
-               table: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PreprocessReport]:
+def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.DataFrame | None = None, *,
+               model: Any = None) -> tuple[pd.DataFrame, PreprocessReport]:
     """Build the stage-1 table (columns :data:`DATASET_COLUMNS`) and a report of what was skipped.
 
     The explain split holds ``cfg.n_explain`` examples drawn with ``cfg.seed``; the rest is train.
     Inputs longer than ``cfg.max_input_tokens`` are truncated from the left (the end is kept),
-    dropped, or refused, as ``cfg.on_too_long`` says; each case is counted.
+    dropped, or refused, as ``cfg.on_too_long`` says; each case is counted. The prompt format is
+    :func:`~shapshift.formats.default_format`, or with ``model`` (and ``cfg.format_check_rows`` > 0, a
+    reference column and more than one candidate) the one :func:`~shapshift.formats.check_formats` picks
+    on the train rows; the report carries the format and the check's table.
     """
+    fmt = default_format(cfg, tokenizer)
+    out, report = _build(cfg, tokenizer, table, fmt)
+    train = out[out["split"] == "train"]
+    candidates = candidate_formats(cfg, tokenizer, sorted(set(train["reference_text"].dropna())))
+    if model is not None and cfg.format_check_rows and train["reference_text"].notna().any() and len(candidates) > 1:
+        check = check_formats(model, tokenizer, train, cfg, candidates)
+        report.format_check, report.format_note = check.records(), check.note
+        if check.chosen != fmt:
+            fmt = check.chosen
+            out, _ = _build(cfg, tokenizer, table, fmt)
+    report.format = fmt.to_dict()
+    return out, report
+
+
+def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.DataFrame | None,
+           fmt: PromptFormat) -> tuple[pd.DataFrame, PreprocessReport]:
+    """:func:`preprocess` under one prompt format."""
     check_template(cfg.template)
     df = load_table(cfg.source, hub_split=cfg.hub_split) if table is None else table
     needed = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
@@ -140,9 +164,9 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
     if cfg.max_rows is not None and len(df) > cfg.max_rows:
         df = df.sample(n=cfg.max_rows, random_state=cfg.seed).sort_values("row_id")
 
-    chat = uses_chat_template(tokenizer, cfg.chat)
+    chat = fmt.chat
     rows = []
-    for rec, target, label in zip(df.itertuples(index=False), _target_texts(df, cfg, chat),
+    for rec, reference, label in zip(df.itertuples(index=False), _references(df, cfg),
                                   df[cfg.label_column] if cfg.label_column else [None] * len(df)):
         parts = build_prompt(rec.input_text, cfg.template, tokenizer, chat=chat)
         ids = tokenizer(parts.text, add_special_tokens=False)["input_ids"]
@@ -164,7 +188,9 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase,
         rows.append({
             "example_id": int(rec.row_id), "source_text": rec.input_text if not truncated else text.lstrip(" "),
             "input_text": parts.text, "prompt_prefix": parts.prefix,
-            "prompt_suffix": parts.suffix, "prompt_text": parts.prompt, "target_text": target,
+            "prompt_suffix": parts.suffix, "prompt_text": parts.prompt, "prompt_chat": chat,
+            "target_text": fmt.target(reference),
+            "reference_text": reference,
             "label": None if label is None else str(label), "input_ids": [int(i) for i in ids],
             "input_tokens": token_strings(tokenizer, ids), "n_input_tokens": len(ids), "truncated": truncated,
         })

@@ -20,6 +20,7 @@ from . import conditions as cond_registry
 from . import stages, textplot
 from .conditions import BASELINE, NOISE_FLOOR
 from .errors import ArtifactError
+from .formats import check_summary
 from .store import MANIFEST, RunStore
 
 
@@ -74,6 +75,13 @@ def dataset_tables(run_dir: str | os.PathLike, n_rows: int = 8) -> dict[str, Any
     out[f"The examples that are explained (first {min(n_rows, len(explain))} of {len(explain)})"] = \
         explain[cols].head(n_rows).rename(columns={"source_text": "input text (the features)",
                                                    "target_text": "reference output"}).set_index("example_id")
+    stage = RunStore(run_dir).manifest().get("stages", {}).get("preprocess", {})
+    check, note = check_summary(stage)
+    if len(check):
+        out[f"The prompt format check on {int(pd.DataFrame(stage['format_check'])['n_rows'].iloc[0])} training rows "
+            "(share of rows where the model writes the reference first; chosen: ✓)"] = check
+    if note:
+        out["No prompt format works"] = note
     if len(explain):
         first = explain.iloc[0]
         out["The full prompt of the first one, as the model reads it (only the input text is explained)"] = \

@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 FORM_KEYS: tuple[str, ...] = (
     "model.spec", "model.dtype",
     "data.source", "data.hub_split", "data.input_column", "data.target_column", "data.label_column",
-    "data.label_names", "data.template", "data.max_rows", "data.max_input_tokens", "data.n_explain",
+    "data.label_names", "data.template", "data.chat", "data.target_case", "data.format_check_rows", "data.max_rows",
+    "data.max_input_tokens", "data.n_explain",
     "generation.max_new_tokens",
-    "explain.method", "explain.unit", "explain.masking", "explain.precision", "explain.max_evals", "explain.seed",
+    "explain.method", "explain.target", "explain.unit", "explain.masking", "explain.precision", "explain.max_evals", "explain.seed",
     "adapt.conditions", "adapt.instruction", "adapt.k_shot", "adapt.finetune.method", "adapt.finetune.r",
     "adapt.finetune.alpha", "adapt.finetune.learning_rate", "adapt.finetune.max_steps",
     "compare.ks", "compare.n_plot_examples",
@@ -61,11 +62,15 @@ FORM_DEFAULTS: dict[str, Any] = {
     "data_label_column": "label",
     "data_label_names": "0: negative, 1: positive",
     "data_template": "Review: {input}\nSentiment:",
+    "data_chat": "auto",
+    "data_target_case": "auto",
+    "data_format_check_rows": 8,
     "data_max_rows": 2000,
     "data_max_input_tokens": 48,
     "data_n_explain": 8,
     "generation_max_new_tokens": 3,
     "explain_method": "auto",
+    "explain_target": "baseline",
     "explain_unit": "token",
     "explain_masking": "auto",
     "explain_precision": 0.0,
@@ -261,9 +266,14 @@ FIELD_HELP: dict[str, str] = {
     "data_source": "**Dataset** (`data.*`): a hub name (with its split) or a CSV/TSV/JSON/JSONL/Parquet path; the "
                    "columns with the input text, the reference output and the class label (leave empty for none); "
                    "names for label values (`0: negative, 1: positive`, empty to use them as they are); the prompt "
-                   "template (`{input}` is the text, `\\n` a new line). `data_max_rows`: rows read (0 = all).",
+                   "template (`{input}` is the text, `\\n` a new line); the prompt format: plain completion or chat "
+                   "turns (`data_chat`) and the label's casing (`data_target_case`), `auto` = the one under which the "
+                   "model writes the reference most often on `data_format_check_rows` training rows (0 = no check). "
+                   "`data_max_rows`: rows read (0 = all).",
     "generation_max_new_tokens": "**Explanations** (`generation.*`, `explain.*`): how many tokens are generated and "
-                                 "explained; the SHAP estimator (`auto`: exact Shapley values for short inputs, "
+                                 "explained; what is explained (`baseline`: the baseline's generation under every "
+                                 "condition, `own`, `reference`, or `contrastive`: the reference label against the "
+                                 "other label); the SHAP estimator (`auto`: exact Shapley values for short inputs, "
                                  "otherwise rounds of evaluations until the stated precision); the features (`token`, "
                                  "`word` or `sentence`); `explain_precision`: the expected rank agreement of two runs "
                                  "to reach (0 = the device's default); `explain_max_evals`: the cap on model "
@@ -282,10 +292,12 @@ FORM_TITLE = "#@title Settings (the same form in all four notebooks; a field is 
 
 
 def _param(name: str, value: Any) -> str:
-    from .config import EXPLAIN_MASKINGS, UNITS
+    from .config import EXPLAIN_MASKINGS, TARGET_CASES, TARGETS, UNITS
     from .explainers import shap_methods
 
     choices = {**FIELD_CHOICES, "explain_method": (list(shap_methods()), False),
+               "explain_target": (list(TARGETS), False), "data_chat": (["auto", "yes", "no"], False),
+               "data_target_case": (["auto", *TARGET_CASES], False),
                "explain_masking": (list(EXPLAIN_MASKINGS), False), "explain_unit": (list(UNITS), False)}
     if name in choices:
         options, free = choices[name]

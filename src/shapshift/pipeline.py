@@ -55,11 +55,12 @@ def open_store(cfg: RunConfig) -> RunStore:
 # -- stage 1 ----------------------------------------------------------------------------------------
 def preprocess_stage(cfg: RunConfig, model: Any, tokenizer: PreTrainedTokenizerBase, *, resume: bool = True
                      ) -> pd.DataFrame:
-    """Stage 1: load, format, tokenise, split; writes ``01_dataset.parquet`` (only the tokenizer is used)."""
+    """Stage 1: load, check the prompt formats on training rows and pick one (:mod:`shapshift.formats`), format,
+    tokenise, split; writes ``01_dataset.parquet``; the format and the check's table go to the manifest."""
     from .data import preprocess
 
     store = open_store(cfg)
-    df, report = preprocess(cfg.data, tokenizer)  # errors here leave the run folder untouched
+    df, report = preprocess(cfg.data, tokenizer, model=model)  # errors here leave the run folder untouched
     check_training_rows(cfg, int((df["split"] == "train").sum()))
     invalidate_from(store, "explain", because="preprocess is redone")
     with store.timed("preprocess", **stage_record(cfg, "preprocess")) as info:
@@ -95,10 +96,11 @@ def reference_targets(tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, pa
 def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                        rows: pd.DataFrame, parts: list[PromptParts], targets: list[list[int]], stem: str,
                        condition: str, seed: int, resume: bool = False,
-                       method: str | None = None) -> tuple[list[Any], list[dict]]:
+                       method: str | None = None, contrasts: list[list[int]] | None = None) -> tuple[list[Any], list[dict]]:
     """Explain every row, saving each example as soon as it is done; a resumed run skips those.
 
     ``method``: the estimator (default ``explain.method``; a lens writes ``<stem>__<lens>``, see :func:`_explain_lenses`).
+    ``contrasts``: each row's foil under ``explain.target: contrastive`` (:func:`choose_contrasts`).
     """
     ex = cfg.explain
     method = method or ex.method
@@ -124,7 +126,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         p, t, r = parts[i], targets[i], listed[i]
         task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
                          batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
-                         unit=ex.unit, options=dict(ex.options))
+                         unit=ex.unit, options=dict(ex.options), contrast_ids=contrasts[i] if contrasts else None)
         [exp], [stats] = explain_tasks([task], method, progress=False, reuse=reuse)
         checkpoint.save(int(r.example_id), exp, stats)
         done[int(r.example_id)] = (exp, stats)
@@ -137,7 +139,7 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
     explanations = [done[int(i)][0] for i in rows["example_id"]]
     stats = [done[int(i)][1] for i in rows["example_id"]]
     methods = sorted({st["method"] for st in stats})
-    meta = {"method": method, "methods_used": methods, "score": ex.score,
+    meta = {"method": method, "methods_used": methods, "score": ex.score, "target": ex.target,
             "masking": masking_used(method, resolve_masking(ex.masking)),  # partition: shap's Text masker
             "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
             "deterministic": all(REGISTRY[m].deterministic for m in methods)}
@@ -186,6 +188,24 @@ def generate_and_score(model, tokenizer, rows: pd.DataFrame, parts: list[PromptP
     return pd.DataFrame(out)
 
 
+def choose_contrasts(model, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, parts: list[PromptParts],
+                     labels: Sequence[str]) -> list[list[int]]:
+    """Each row's foil for ``explain.target: contrastive``: the label other than its reference that the model
+    (the baseline) finds most likely after the full prompt, as token ids. Every condition explains the same
+    contrast, so their explanations answer the same question ("why positive rather than negative")."""
+    out = []
+    for p, r in zip(parts, rows.itertuples()):
+        others = [lab for lab in labels if lab != r.target_text]
+        if not others:
+            raise DataError(f"Example {r.example_id}: no label other than its reference {r.target_text!r} to contrast "
+                            "it with.", "Use a dataset with two or more labels, or explain.target: reference.")
+        prompt = encode_prompt(p, tokenizer, input_ids=list(r.input_ids))
+        ids = [list(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in others]
+        scores = [float(make_scorer(model, prompt, i, score="log_prob").full().sum()) for i in ids]
+        out.append(ids[int(max(range(len(ids)), key=scores.__getitem__))])
+    return out
+
+
 def label_match(generated: str, reference: str | None) -> float:
     """1.0 when the generation starts with the reference answer (case and space insensitive), NaN without one."""
     if reference is None:
@@ -211,23 +231,26 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         invalidate_from(store, "explain", because="explain starts afresh", partial=True)
     invalidate_from(store, "adapt", because="explain is redone")
     with store.timed("explain", **stage_record(cfg, "explain")) as info:
-        reference = None
-        if cfg.explain.target == "reference":
+        reference = contrasts = None
+        if cfg.explain.target in ("reference", "contrastive"):
             reference = reference_targets(tokenizer, rows, parts)
             if any(t is None or not t for t in reference):
-                raise DataError("explain.target is 'reference' but some examples have no target text.",
+                raise DataError(f"explain.target is {cfg.explain.target!r} but some examples have no target text.",
                                 "Set data.target_column, or explain.target to baseline.")
         # explained_logprob is the log-prob of the text explained (the reference when there is one)
         gens = parallel.from_main(generate_and_score, model, tokenizer, rows, parts, "baseline", cfg,
                                   explained=reference)
+        if cfg.explain.target == "contrastive":
+            contrasts = parallel.from_main(choose_contrasts, model, tokenizer, rows, parts, task_labels(store))
+            gens["contrast_ids"] = contrasts
         targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
         base = conditions.get(BASELINE)
         exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name,
-                                         cfg.explain.seed, resume)
+                                         cfg.explain.seed, resume, contrasts=contrasts)
         _explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name, resume)
         if cfg.explain.noise_floor:
-            _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume)
+            _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume, contrasts)
         matches = gens["label_match"].dropna()
         info.update(n_examples=len(rows), accuracy=float(matches.mean()) if len(matches) else None,
                     evals=int(sum(st["n_evals"] for st in stats)), complete=True)
@@ -235,14 +258,21 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     return exps
 
 
-def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume) -> None:
+def task_labels(store: RunStore) -> list[str]:
+    """The labels of the run's task as its targets write them (the distinct reference texts of labelled rows)."""
+    data = store.read_parquet(DATASET)
+    return sorted(set(data.loc[data["label"].notna(), "target_text"].dropna().astype(str)))
+
+
+def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume, contrasts=None) -> None:
     floor = conditions.get(NOISE_FLOOR)
     again = [i for i, st in enumerate(stats) if not REGISTRY[st["method"]].deterministic]
     rerun = list(exps)
     if again:
         sub = rows.iloc[again].reset_index(drop=True)
         new, _ = _explain_condition(cfg, store, model, tokenizer, sub, [parts[i] for i in again],
-                                    [targets[i] for i in again], floor.stem, floor.name, cfg.explain.seed + 1, resume)
+                                    [targets[i] for i in again], floor.stem, floor.name, cfg.explain.seed + 1, resume,
+                                    contrasts=[contrasts[i] for i in again] if contrasts else None)
         for i, e in zip(again, new):
             rerun[i] = e
     save_explanations(store, floor.stem, rerun, rows["example_id"].tolist(), floor.name,
@@ -259,6 +289,8 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
     rows = data[data["split"] == "explain"].reset_index(drop=True)
     base = store.read_parquet("02_generations.parquet")
     base_targets = {int(r.example_id): list(r.explained_ids) for r in base.itertuples()}
+    contrasts = [list(base.set_index("example_id").at[int(i), "contrast_ids"]) for i in rows["example_id"]] \
+        if cfg.explain.target == "contrastive" else None
     if not resume:
         invalidate_from(store, "adapt", because="adapt starts afresh", partial=True)
     invalidate_from(store, "compare", because="adapt is redone")
@@ -276,7 +308,8 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
                     own[["generated_text", "generated_ids", "generated_tokens", "label_match"]]
                 tables.append(gens)
                 results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
-                                                           cond.stem, condition, cfg.explain.seed, resume)
+                                                           cond.stem, condition, cfg.explain.seed, resume,
+                                                           contrasts=contrasts)
                 _explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, cond.stem, condition, resume)
                 matches = own["label_match"].dropna()
                 info["accuracy"] = float(matches.mean()) if len(matches) else None
@@ -290,7 +323,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
 def _condition_targets(cfg, tokenizer, rows, parts, own, base_targets) -> list[list[int]]:
     if cfg.explain.target == "own":
         return [list(g) for g in own["generated_ids"]]
-    if cfg.explain.target == "reference":
+    if cfg.explain.target in ("reference", "contrastive"):
         return reference_targets(tokenizer, rows, parts)
     return [base_targets[int(i)] for i in rows["example_id"]]
 

@@ -1,7 +1,8 @@
 """Prompts as three parts: fixed ``prefix``, the example's ``text`` (the features), fixed ``suffix``.
 
 Templates hold an ``{input}`` slot. Zero-shot instructions and few-shot demonstrations are more fixed
-context before the example; chat models get the whole user message wrapped in their chat template.
+context before the example: plain text for a base model, turns of its chat template for a chat model
+(the instruction as the system message, each demonstration a user and an assistant turn).
 Only ``text`` is ever masked or attributed, so every condition explains the same features.
 """
 
@@ -55,30 +56,61 @@ def build_prompt(text: str, template: str, tokenizer: PreTrainedTokenizerBase | 
                  demonstrations: Sequence[Demonstration] = ()) -> PromptParts:
     """Wrap ``text`` into the template, after an optional instruction and demonstrations.
 
-    Plain (``chat=False``): ``instruction\\n\\n`` + each ``template(demo) + answer\\n\\n`` + template(text).
-    Chat: the same content as one user message in the tokenizer's chat template, with the
-    generation prompt, so the model answers as the assistant.
+    Plain (``chat=False``): ``instruction\\n\\n`` + each ``template(demo) + answer\\n\\n`` + template(text),
+    the format a base model continues.
+    Chat (``chat=True``): turns in the tokenizer's chat template, as an instruct model was trained on
+    them: the instruction as the system message (in the first user turn when the template has no
+    system role), each demonstration as a user turn ``template(demo)`` and an assistant turn (its answer,
+    leading whitespace dropped: a reply starts without one), the example as the last user turn, then the
+    generation prompt, so that the target is the beginning of the assistant's reply.
     Whitespace at the end of the prefix moves to the start of the text, so that the text's first
     token carries its leading space as it would in the joint tokenisation.
     """
     check_template(template)
-    pieces = []
-    if instruction:
-        pieces.append(instruction.strip() + "\n\n")
-    for demo in demonstrations:
-        pieces.append(template.replace("{input}", demo.text) + demo.answer + "\n\n")
-    pieces.append(template.replace("{input}", _SLOT))
-    content = "".join(pieces)
     if chat:
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ConfigError("data.chat is 'yes' but the tokenizer has no chat template.",
-                              "Set data.chat to 'no' (plain completion prompts) or 'auto'.")
-        content = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                add_generation_prompt=True)
+        content = _chat_prompt(template, tokenizer, instruction, demonstrations)
+    else:
+        pieces = []
+        if instruction:
+            pieces.append(instruction.strip() + "\n\n")
+        for demo in demonstrations:
+            pieces.append(template.replace("{input}", demo.text) + demo.answer + "\n\n")
+        pieces.append(template.replace("{input}", _SLOT))
+        content = "".join(pieces)
     prefix, suffix = content.split(_SLOT)
     stripped = prefix.rstrip(" ")
     moved = prefix[len(stripped):]
     return PromptParts(prefix=stripped, text=moved + text, suffix=suffix)
+
+
+def _chat_prompt(template: str, tokenizer: PreTrainedTokenizerBase | None, instruction: str | None,
+                 demonstrations: Sequence[Demonstration]) -> str:
+    """The chat-template text of the turns :func:`build_prompt` describes, with :data:`_SLOT` for the input."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("data.chat is 'yes' but the tokenizer has no chat template.",
+                          "Set data.chat to 'no' (plain completion prompts) or 'auto'.")
+    turns: list[dict[str, str]] = []
+    for demo in demonstrations:
+        turns += [{"role": "user", "content": template.replace("{input}", demo.text)},
+                  {"role": "assistant", "content": demo.answer.lstrip()}]
+    turns.append({"role": "user", "content": template.replace("{input}", _SLOT)})
+    if instruction:
+        if has_system_role(tokenizer):
+            turns.insert(0, {"role": "system", "content": instruction.strip()})
+        else:
+            turns[0] = {"role": "user", "content": instruction.strip() + "\n\n" + turns[0]["content"]}
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
+
+def has_system_role(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's chat template writes a system message (some refuse one, some drop it)."""
+    probe = "\x00system probe\x00"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "system", "content": probe}, {"role": "user", "content": "hi"}],
+                                             tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - templates raise their own errors for an unsupported role
+        return False
+    return probe in text
 
 
 @dataclass(frozen=True)

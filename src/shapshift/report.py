@@ -41,6 +41,7 @@ from . import overlap as ov  # noqa: E402
 from . import textplot  # noqa: E402
 from .compare import (  # noqa: E402
     CURVES_FILE,
+    MOVEMENT_FILE,
     OVERLAP_FILE,
     STAGE,
     SUMMARY_FILE,
@@ -57,12 +58,15 @@ from .config import (  # noqa: E402
     resolve_masking,
 )
 from .errors import ArtifactError  # noqa: E402
+from .formats import check_summary  # noqa: E402
+from .movement_views import movement_figure  # noqa: E402
 from .stats import bootstrap_curve_ci  # noqa: E402
 from .store import RunStore, atomic_write_bytes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
+MOVEMENT_FIGURE = "movement.png"
 REPORT_FILE = "report.html"
 METRIC_LABELS = {"feature_agreement": "top-k overlap", "rank_agreement": "rank agreement",
                  "sign_agreement": "sign agreement", "signed_rank_agreement": "signed rank agreement",
@@ -356,6 +360,26 @@ def _metric_cell(x: Any) -> str:
     return _fmt(x) if isinstance(x, (int, float, np.number)) or x is None else html.escape(str(x))
 
 
+def format_check_html(store: RunStore) -> str:
+    """The prompt format the run used and the check that chose it (:mod:`shapshift.formats`)."""
+    stage = store.manifest().get("stages", {}).get("preprocess", {})
+    fmt = (stage.get("format") or {}).get("name")
+    table, note = check_summary(stage)
+    if not fmt:
+        return ""
+    said = f"<p>Prompt format: <b>{html.escape(fmt)}</b>"
+    if table.empty:
+        return said + " (no format check ran: data.format_check_rows is 0, or nothing to choose).</p>"
+    n = int(pd.DataFrame(stage["format_check"])["n_rows"].iloc[0])
+    rows = "".join("<tr><td class=l>" + html.escape(str(i)) + "</td>" + "".join(f"<td>{html.escape(str(v))}</td>"
+                   for v in r) + "</tr>" for i, r in zip(table.index, table.itertuples(index=False)))
+    head = "<tr><th class=l>format</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + "</tr>"
+    return (said + f", chosen by the format check on {n} training rows (never the explained ones): the share of rows "
+            "whose greedy generation starts with the reference as the format writes it, and its mean log-probability "
+            "(nats), with the template alone and after demonstrations.</p>"
+            + (f"<div class=note>{html.escape(note)}</div>" if note else "") + f"<table>{head}{rows}</table>")
+
+
 def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list[str]]:
     """The "What the model did" section, and its warnings (also shown at the top of the report)."""
     from . import behaviour as bh
@@ -392,7 +416,7 @@ def behaviour_html(store: RunStore, figures: dict[str, Path]) -> tuple[str, list
     per_example = ("<table><tr><th>example</th><th class=l>input text</th><th class=l>reference</th>"
                    + "".join(f"<th class=l>{html.escape(_label(c))}</th>" for c in conds) + "</tr>"
                    + "".join(rows) + "</table>")
-    parts = [f"<table>{head}{body}</table>",
+    parts = [format_check_html(store), f"<table>{head}{body}</table>",
              "<p class=muted>Label match: the generation starts with the reference output. log p: the "
              "log-probability (nats) of the explained text under the condition, summed over its tokens; "
              "≈ p per token is its geometric mean.</p>",
@@ -442,6 +466,11 @@ def make_figures(run_dir: str | Path, cfg: CompareConfig | None = None,
         "overlap_heatmap": plot_heatmap(summary, store),
         "per_example": plot_per_example(overlap, store, seed=seed),
     }
+    moved_file = store.path(MOVEMENT_FILE)
+    if moved_file.exists():
+        fig = movement_figure(store.read_parquet(MOVEMENT_FILE))
+        if fig is not None:
+            out["movement"] = save_figure(fig, store, MOVEMENT_FIGURE)
     from .behaviour import finetune_record
 
     record = finetune_record(store)
@@ -511,8 +540,24 @@ def summary_table_html(summary: pd.DataFrame) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def movement_html(store: RunStore) -> str:
+    """How the reasons moved (:mod:`shapshift.movement`): one sentence per condition and the figure."""
+    sentences = store.manifest().get("stages", {}).get(STAGE, {}).get("movement") or []
+    if not sentences:
+        return ""
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    fig = store.path(f"{FIGURES_DIR}/{MOVEMENT_FIGURE}")
+    img = _img(store.verify(f"{FIGURES_DIR}/{MOVEMENT_FIGURE}"), "how the reasons moved") if fig.exists() else ""
+    return ("<h2>Answer: how the reasons moved</h2><ul>" + items + "</ul>" + img +
+            "<p class=muted>Mean change of each word's value (the condition's minus the baseline's, summed over the "
+            "explained tokens) over the examples it occurs in, with a 95 % bootstrap interval and the number of "
+            "examples where it changed beyond the estimator's noise; word groups sum their words per example "
+            "(<code>04_movement.parquet</code>; your own groups: <code>compare.word_groups</code>).</p>")
+
+
 def verdicts_html(store: RunStore) -> str:
-    """The answer first: one sentence per condition (``04_verdicts.csv``) and their numbers in a table."""
+    """The answer first: how the reasons moved (:func:`movement_html`), then one sentence per condition
+    (``04_verdicts.csv``) on whether it changed them beyond the noise, and their numbers in a table."""
     if not store.path(VERDICT_SUMMARY_FILE).exists():
         return ""
     v = pd.read_csv(store.verify(VERDICT_SUMMARY_FILE))
@@ -522,7 +567,7 @@ def verdicts_html(store: RunStore) -> str:
         f"<td>[{_fmt(r['share_ci_low'], 2)}, {_fmt(r['share_ci_high'], 2)}]</td><td>{_fmt(r['spearman'], 2)}</td>"
         f"<td>{_fmt(r['spearman_corrected'], 2)} [{_fmt(r['corrected_ci_low'], 2)}, {_fmt(r['corrected_ci_high'], 2)}]</td>"
         f"<td>{_fmt(r['reliability_b'], 2)}</td></tr>" for _, r in v.iterrows())
-    return (f"<h2>Answer: what changed beyond the estimator's noise</h2><ul>{sentences}</ul>"
+    return (movement_html(store) + f"<h2>Answer: what changed beyond the estimator's noise</h2><ul>{sentences}</ul>"
             "<table><tr><th class=l>vs baseline</th><th>examples changed</th><th>share 95% CI</th><th>Spearman ρ</th>"
             "<th>ρ corrected for noise [95% CI]</th><th>reliability</th></tr>" + rows + "</table>")
 
@@ -572,7 +617,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
         verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store), masking=masking_meaning(store),
-        feature=feature_name(store),
+        feature=feature_name(store), contrast=explain_setting(store, "target") == "contrastive",
         rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",
         headline=summary_table_html(headline(summary)), lens_section=lens_section,
         figures={k: _img(figures[k], k.replace("_", " ")) for k in ("overlap_at_k", "overlap_heatmap", "per_example")},

@@ -156,13 +156,26 @@ def has_windowed_attention(model: PreTrainedModel) -> bool:
     return "local" in types or "sliding_attention" in types or bool(getattr(config, "sliding_window", None))
 
 
-def _forward_params(model: torch.nn.Module) -> set[str]:
+def forward_params(model: torch.nn.Module) -> set[str]:
     """Argument names of ``model.forward`` (of the base model for wrappers such as ``PeftModel``)."""
     names: set[str] = set()
     for m in (model, getattr(model, "get_base_model", lambda: None)()):
         if m is not None:
             names |= set(inspect.signature(m.forward).parameters)
     return names
+
+
+def batched_cache(cache, batch: int):
+    """A fresh copy of a one-row key/value ``cache`` for ``batch`` rows: its keys/values are broadcast views (no copy)."""
+    cache = copy.deepcopy(cache)
+    layers = getattr(cache, "layers", None)
+    if layers and all(isinstance(getattr(la, "keys", None), torch.Tensor) for la in layers):
+        for la in layers:
+            la.keys = la.keys.expand(batch, *la.keys.shape[1:])
+            la.values = la.values.expand(batch, *la.values.shape[1:])
+    else:  # older cache classes
+        cache.batch_repeat_interleave(batch)
+    return cache
 
 
 class TeacherForcedScorer:
@@ -227,7 +240,7 @@ class TeacherForcedScorer:
         self.batch_size = max(1, int(batch_size))
         self.n_evals = 0
         self.n_forward_tokens = 0
-        params = _forward_params(model)
+        params = forward_params(model)
         # transformers 5 renamed past_key_values to cache
         self._cache_name = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
@@ -316,16 +329,7 @@ class TeacherForcedScorer:
         return cache if cache is not None else out.past_key_values
 
     def _batched_cache(self, batch: int):
-        """A fresh cache whose prefix keys/values are broadcast views of the one-row cache (no copy)."""
-        cache = copy.deepcopy(self.prefix_cache)
-        layers = getattr(cache, "layers", None)
-        if layers and all(isinstance(getattr(la, "keys", None), torch.Tensor) for la in layers):
-            for la in layers:
-                la.keys = la.keys.expand(batch, *la.keys.shape[1:])
-                la.values = la.values.expand(batch, *la.values.shape[1:])
-        else:  # older cache classes
-            cache.batch_repeat_interleave(batch)
-        return cache
+        return batched_cache(self.prefix_cache, batch)
 
     def _masked_batch(self, masks: np.ndarray) -> np.ndarray:
         """Attention or replacement masking: ``head + inputs + tail``, every row the same, positions unchanged."""

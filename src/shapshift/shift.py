@@ -44,7 +44,7 @@ CHANGE_COLUMNS = ["example_id", "condition_a", "condition_b", "in_pos", "in_toke
                   "se_delta", "z", "p", "p_bh", "changed"]
 #: Columns of the per-example table (``04_verdicts.parquet``).
 VERDICT_COLUMNS = ["example_id", "condition_a", "condition_b", "n_features", "changed", "n_changed", "top_moved",
-                   "spearman", "reliability_a", "reliability_b", "spearman_corrected"]
+                   "spearman", "reliability_a", "reliability_b", "spearman_corrected", "ranking_changed", "scale_ratio"]
 
 
 #: A sampled value's standard error at or below this fraction of its example's largest is rounding, not a
@@ -97,6 +97,26 @@ def feature_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     """Per feature: both values, the change, its standard error, z, p, BH-adjusted p, and ``changed``."""
     a, se_a = aggregate_with_error(exp_a, how)
     b, se_b = aggregate_with_error(exp_b, how)
+    data = getattr(exp_a, "data", None)
+    tokens = [str(t) for t in data] if data is not None else [str(i) for i in range(a.size)]
+    return change_table(a, se_a, b, se_b, tokens, fdr=fdr, min_change=min_change)
+
+
+def share_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.05, min_change: float = 0.1) -> pd.DataFrame:
+    """:func:`feature_changes` of each feature's *share* of the explanation (its value over the sum of ``|value|``):
+    a change of the ranking, not of the scale. A model that became sure of its answer has smaller values
+    everywhere; its shares change only where the features' order of importance did. The standard errors are
+    scaled by the same totals (their own error is left out: a first-order approximation)."""
+    a, se_a = aggregate_with_error(exp_a, how)
+    b, se_b = aggregate_with_error(exp_b, how)
+    ta, tb = float(np.abs(a).sum()) or 1.0, float(np.abs(b).sum()) or 1.0
+    return change_table(a / ta, se_a / ta, b / tb, se_b / tb, [str(i) for i in range(a.size)], fdr=fdr,
+                        min_change=min_change)
+
+
+def change_table(a: np.ndarray, se_a: np.ndarray, b: np.ndarray, se_b: np.ndarray, tokens: list[str], *,
+                 fdr: float = 0.05, min_change: float = 0.1) -> pd.DataFrame:
+    """The tests of :func:`feature_changes` on values ``a``, ``b`` with standard errors ``se_a``, ``se_b`` (``(n,)`` each)."""
     delta = b - a
     se = np.sqrt(se_a ** 2 + se_b ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -111,8 +131,6 @@ def feature_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     p_bh[~untested] = benjamini_hochberg(p[~untested])
     scale = float(max(np.max(np.abs(a)), np.max(np.abs(b)))) if a.size else 0.0
     changed = ~untested & (np.nan_to_num(p_bh, nan=1.0) <= fdr) & (np.abs(delta) >= min_change * scale) & (np.abs(delta) > 0)
-    data = getattr(exp_a, "data", None)
-    tokens = [str(t) for t in data] if data is not None else [str(i) for i in range(a.size)]
     return pd.DataFrame({"in_pos": np.arange(a.size), "in_token": tokens, "value_a": a, "value_b": b,
                          "delta": delta, "se_delta": se, "z": z, "p": p, "p_bh": p_bh, "changed": changed})
 
@@ -132,13 +150,16 @@ def example_verdict(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     rho = ov.spearman(a, b)
     rel_a, rel_b = reliability(a, se_a, seed=seed), reliability(b, se_b, seed=seed + 1)
     denom = math.sqrt(rel_a * rel_b) if rel_a > 0 and rel_b > 0 else math.nan
+    shares = share_changes(exp_a, exp_b, how=how, fdr=fdr, min_change=min_change)
     moved = table[table["changed"]].sort_values("delta", key=np.abs, ascending=False)
     top = ", ".join(f"{t.strip() or repr(t)} ({d:+.2f})" for t, d in zip(moved["in_token"][:n_top], moved["delta"][:n_top]))
     verdict = {"n_features": int(a.size), "changed": bool(table["changed"].any()),
                "n_changed": int(table["changed"].sum()), "top_moved": top, "spearman": rho,
                "reliability_a": rel_a, "reliability_b": rel_b,
                "spearman_corrected": float(np.clip(rho / denom, -1, 1)) if np.isfinite(denom) and np.isfinite(rho)
-               else math.nan}
+               else math.nan,
+               "ranking_changed": bool(shares["changed"].any()),
+               "scale_ratio": float(np.abs(b).sum() / np.abs(a).sum()) if np.abs(a).sum() > 0 else math.nan}
     return verdict, table
 
 
@@ -167,6 +188,8 @@ def summarize_verdicts(verdicts: pd.DataFrame, *, n_bootstrap: int = 1000, seed:
         rho = bootstrap_mean_ci(g["spearman"].to_numpy(float), n_bootstrap=n_bootstrap, seed=seed)
         corr = bootstrap_mean_ci(g["spearman_corrected"].to_numpy(float), n_bootstrap=n_bootstrap, seed=seed)
         row = {"condition_a": ca, "condition_b": cb, "n": n, "n_changed": k,
+               "n_ranking_changed": int((g["changed"] & g["ranking_changed"]).sum()),
+               "median_scale_ratio": float(g["scale_ratio"].median()),
                "share_changed": k / n if n else math.nan, "share_ci_low": share.low if n else math.nan,
                "share_ci_high": share.high if n else math.nan,
                "spearman": rho.mean, "spearman_ci_low": rho.low, "spearman_ci_high": rho.high,
@@ -190,7 +213,11 @@ def verdict_sentence(row: dict[str, Any]) -> str:
         else f"The {b} condition"
     if n == 0:
         return f"{b} vs {a}: no example was explained under both."
-    head = (f"{who} changed what the model relies on in {k} of {n} examples beyond the estimator's noise"
+    r = int(row.get("n_ranking_changed", k))
+    how = (f", {r} of them in the ranking of the features" if k else "") + (
+        f" and {k - r} in scale only (the same order, values {row['median_scale_ratio']:.2g}× the baseline's in the "
+        "median example)" if k and r < k else "")
+    head = (f"{who} changed what the model relies on in {k} of {n} examples beyond the estimator's noise{how}"
             if k else f"{who} did not change what the model relies on beyond the estimator's noise in any of {n} examples")
     agree = row["spearman_corrected"]
     tail = (f"; its importance rankings agree with the {a}'s at Spearman {row['spearman']:.2f} "

@@ -22,7 +22,6 @@ from ..prompting import (
     encode_prompt,
     encode_targets,
     feature_groups,
-    token_strings,
 )
 from .base import Attribution, ExplainTask
 from .precision import expected_rank_agreement, explain_to_precision
@@ -96,7 +95,7 @@ def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
     data = att.data if att.data is not None else task.feature_strings
     exp = shap.Explanation(
         values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
-        output_names=token_strings(task.tokenizer, task.target_ids), error_std=att.error_std,
+        output_names=task.output_names, error_std=att.error_std,
         compute_time=seconds,
     )
     if task.feature_tokens is not None:
@@ -160,6 +159,10 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
             raise ConfigError(f"method={name!r} cannot explain {task.n_features} features (at most {cls.max_features}; "
                               f"its budget: {cls.budget}).", f"Use method='auto' or 'quadrature' for inputs over "
                               f"{cls.max_features} features.")
+        if task.contrast_ids and (cls.needs_weights or not cls.uses_scorer):
+            raise ConfigError(f"method={name!r} cannot explain a contrastive target: it scores the target tokens "
+                              "itself rather than through the shared scorer.",
+                              "Use a SHAP estimator that scores through it (auto, exact, quadrature, kernel, sampling).")
         if cls.needs_weights and getattr(task.model, "is_remote", False):
             raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention, shap's own model "
                               "wrapper), which a model behind an API does not expose.",
@@ -198,7 +201,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         explanations.append(to_explanation(task, att, seconds))
         # the expected rank agreement of two runs (explainers.precision), the evaluations it took, the method that ran
         explanations[-1].precision, explanations[-1].n_evals, explanations[-1].method = reached, att.n_evals, name
-        stats.append({"method": name, "n_features": task.n_features, "n_outputs": len(task.target_ids),
+        stats.append({"method": name, "n_features": task.n_features, "n_outputs": task.n_outputs,
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
                       "precision": round(reached, 4),
                       **{k: np.asarray(v).tolist() for k, v in att.extras.items()}})
@@ -210,7 +213,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             method: str = _EX.method, score: str = _EX.score, masking: str = _EX.masking, max_evals: int = _EX.max_evals,
             batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, precision: float | None = _EX.precision,
             unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens, stop_at_newline: bool = _GEN.stop_at_newline,
-            chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None) -> list[Any]:
+            chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
+            contrasts: Sequence[str] | None = None) -> list[Any]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -241,6 +245,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
         ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
+    contrasts: one foil per text (e.g. ``" negative"`` against the target ``" positive"``): each explanation then has
+        one output, ``log p(target) - log p(contrast)``, summed over each one's tokens ("why this rather than that",
+        contrastive explanations; needs ``score="log_prob"`` and an estimator that scores through the shared scorer).
     options: method settings, e.g. ``{"n_steps": 64}`` for ``integrated_gradients``, ``{"rollout": True}``
         for ``attention``, ``{"fanout": 4}`` for ``hierarchical`` (each estimator's ``Options``; a key
         no method of the call takes is an error that lists them).
@@ -286,9 +293,16 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             if not ids:
                 raise ShapshiftError(f"The target {t!r} has no tokens.", "Pass a non-empty target or None to generate one.")
     warn_blank_targets(tokenizer, target_ids, texts)
+    if contrasts is not None and len(contrasts) != len(texts):
+        raise ConfigError(f"{len(contrasts)} contrasts for {len(texts)} texts.", "Pass one contrast per text, or None.")
+    if contrasts is not None:
+        ExplainConfig(method=method, score=score, target="contrastive").validate()
+    foils = [None] * len(texts) if contrasts is None else \
+        [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contrasts]
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,
-                       max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}))
-             for p, e, t in zip(parts, prompts, target_ids)]
+                       max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}),
+                       contrast_ids=f)
+             for p, e, t, f in zip(parts, prompts, target_ids, foils)]
     if getattr(model, "is_remote", False):
         from ..remote.costs import announce_cost
 

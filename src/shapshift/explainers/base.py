@@ -12,6 +12,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import DEFAULT_MASKING, DEFAULT_SCORE
+from ..errors import ConfigError
 from ..prompting import EncodedPrompt, PromptParts, token_strings
 from ..scoring import make_scorer
 
@@ -41,6 +42,22 @@ class ExplainTask:
     prefix_cache: Any = None  # the prefix's key/value cache from an earlier task with the same model and prefix
     #: The features as groups of input token positions (words, sentences; masked together); None: one per token.
     groups: list[list[int]] | None = None
+    #: A contrastive target's foil (``explain.target: contrastive``): the score is then one number per coalition,
+    #: ``log p(target) - log p(contrast)`` summed over each one's tokens (:class:`ContrastScorer`); None: per token.
+    contrast_ids: list[int] | None = None
+
+    @property
+    def n_outputs(self) -> int:
+        """Output columns of the values: one per target token, or 1 for a contrast."""
+        return 1 if self.contrast_ids else len(self.target_ids)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Each output's name: the target tokens, or ``"positive vs negative"`` for a contrast."""
+        if not self.contrast_ids:
+            return token_strings(self.tokenizer, self.target_ids)
+        decode = lambda ids: self.tokenizer.decode(list(ids), clean_up_tokenization_spaces=False).strip()  # noqa: E731
+        return [f"{decode(self.target_ids)} vs {decode(self.contrast_ids)}"]
 
     @property
     def n_features(self) -> int:
@@ -80,9 +97,42 @@ class ExplainTask:
         own), seen through the feature groups; it runs the fixed prefix once when it is built (or takes
         ``prefix_cache``). :func:`~shapshift.explainers.explain_tasks` builds one per task and passes it.
         """
-        scorer = make_scorer(self.model, self.prompt, self.target_ids, score=self.score, masking=self.masking,
-                             batch_size=self.batch_size, use_cache=self.use_cache, prefix_cache=self.prefix_cache)
+        options = {"masking": self.masking, "batch_size": self.batch_size, "use_cache": self.use_cache}
+        scorer = make_scorer(self.model, self.prompt, self.target_ids, score=self.score,
+                             prefix_cache=self.prefix_cache, **options)
+        if self.contrast_ids:
+            if self.score != "log_prob":
+                raise ConfigError(f"A contrastive target explains a difference of log-probabilities, not of {self.score}.",
+                                  "Set explain.score to log_prob with explain.target: contrastive.")
+            foil = make_scorer(self.model, self.prompt, self.contrast_ids, score="log_prob",
+                               prefix_cache=getattr(scorer, "prefix_cache", None), **options)
+            scorer = ContrastScorer(scorer, foil)
         return scorer if self.groups is None else GroupedScorer(scorer, self.groups, len(self.prompt.input_ids))
+
+
+class ContrastScorer:
+    """``log p(target) - log p(foil)`` of each coalition, ``(m, 1)``: why the target rather than the foil
+    (contrastive explanations, Yin & Neubig 2022). Each side is its tokens' summed log-probability from its own
+    teacher-forced scorer; the two share the prefix's key/value cache. Shapley values of the difference are the
+    differences of the sides' values (linearity), so efficiency holds for the contrast.
+
+    ``n_evals`` counts coalitions (the estimators' budget); ``n_forward_tokens`` both sides' tokens.
+    """
+
+    def __init__(self, target: Any, foil: Any) -> None:
+        self.target, self.foil = target, foil
+        self.prefix_cache = getattr(target, "prefix_cache", None)
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        return (self.target(masks).sum(axis=1) - self.foil(masks).sum(axis=1))[:, None]
+
+    @property
+    def n_evals(self) -> int:
+        return self.target.n_evals
+
+    @property
+    def n_forward_tokens(self) -> int:
+        return getattr(self.target, "n_forward_tokens", 0) + getattr(self.foil, "n_forward_tokens", 0)
 
 
 class GroupedScorer:
