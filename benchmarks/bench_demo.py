@@ -45,6 +45,8 @@ def time_demo(method: str, out: Path, overrides: list[str]) -> dict:
     row = {"method": method, "n_explain": cfg.data.n_explain, "whole run s": wall}
     for name in STAGES:
         row[f"{name} s"] = stages.get(name, {}).get("seconds")
+    # the format check runs before the preprocess stage's record is opened (an error there leaves the folder as it was)
+    row["preprocess s"] = (row["preprocess s"] or 0) + stages.get("preprocess", {}).get("format_check_seconds", 0)
     # precision beside the speed: the noise floor (baseline vs its rerun with another seed) and the answer
     verdicts = pd.read_csv(run_dir / "04_verdicts.csv").set_index("condition_b")
     if "baseline_rerun" in verdicts.index:
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
         f"{load_average()}).",
         "", "Machine and versions: " + ", ".join(f"{k}={v}" for k, v in machine_info().items()) + ".", "",
         "`configs/demo.yaml` (what `make demo` runs: smollm2-135m, `n_explain` examples, 3 conditions + the "
-        "noise-floor rerun) with `explain.method` set per row; seconds per stage from the run's manifest. The adapt "
+        "noise-floor rerun) with `explain.method` set per row; seconds per stage from the run's manifest (preprocess: with the prompt-format check). The adapt "
         "stage includes the LoRA steps, which no estimator changes. `floor Spearman`: Spearman of the |value| rankings of the baseline against "
         "its rerun with another seed (mean over examples; the precision of the run); `<condition> changed`: examples "
         "changed beyond the estimator's noise (`04_verdicts.csv`; in ranking: the order of the features changed, not only "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class PreprocessReport:
     format: dict = field(default_factory=dict)  # the prompt format used (formats.PromptFormat.to_dict)
     format_check: list[dict] = field(default_factory=list)  # the format check's table (formats.CHECK_COLUMNS)
     format_note: str | None = None  # set when no format made the model write the reference
+    format_check_seconds: float = 0.0  # wall time of the format check (model evaluations on train rows)
 
 
 def _references(df: pd.DataFrame, cfg: DataConfig) -> pd.Series:
@@ -130,7 +132,9 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.Da
     train = out[out["split"] == "train"]
     candidates = candidate_formats(cfg, tokenizer, sorted(set(train["reference_text"].dropna())))
     if model is not None and cfg.format_check_rows and train["reference_text"].notna().any() and len(candidates) > 1:
+        start = time.perf_counter()
         check = check_formats(model, tokenizer, train, cfg, candidates)
+        report.format_check_seconds = round(time.perf_counter() - start, 3)
         report.format_check, report.format_note = check.records(), check.note
         if check.chosen != fmt:
             fmt = check.chosen
