@@ -86,52 +86,32 @@ def pair_design(n: int, n_pairs: int, rng: np.random.Generator, candidates: int 
     """
     t = middle_sizes(n)[0] if size is None else size
     intercept = n % 2 == 1 if intercept is None else intercept
-    if intercept:
-        return _pair_design_with_intercept(n, n_pairs, rng, candidates, t)
-    a_inv = np.eye(n) * 1e3
+    # each candidate's information vector: centred (x - t/n), or with the intercept (1, x)
+    embed = (lambda c: np.concatenate([np.ones((len(c), 1)), c], axis=1)) if intercept else (lambda c: c - t / n)
+    a_inv = np.eye(n + intercept) * 1e3
     rows: list[np.ndarray] = []
     seen: set[bytes] = set()
     attempts = 0
     while len(rows) < n_pairs and attempts < 50 * n_pairs + 100:
         attempts += 1
-        picks = np.argsort(rng.random((candidates, n)), axis=1)[:, :t]
-        cand = np.zeros((candidates, n), bool)
-        np.put_along_axis(cand, picks, True, axis=1)
-        cand = np.array([c for c in cand if np.packbits(c).tobytes() not in seen
-                         and np.packbits(~c).tobytes() not in seen])
+        cand = _new_candidates(rng, candidates, n, t, seen)
         if not len(cand):
             continue
-        xc = cand - t / n
-        best = cand[int(np.argmax(np.einsum("ci,ij,cj->c", xc, a_inv, xc)))]
-        seen.add(np.packbits(best).tobytes())
-        rows.append(best)
-        u = a_inv @ (best - t / n)
-        a_inv -= np.outer(u, u) / (1 + (best - t / n) @ u)
-    return np.asarray(rows, bool).reshape(-1, n)
-
-
-def _pair_design_with_intercept(n: int, n_pairs: int, rng: np.random.Generator, candidates: int, t: int) -> np.ndarray:
-    """:func:`pair_design` with the information of ``(1, x)``: coalitions centred on the design's own mean."""
-    a_inv = np.eye(n + 1) * 1e3
-    rows: list[np.ndarray] = []
-    seen: set[bytes] = set()
-    attempts = 0
-    while len(rows) < n_pairs and attempts < 50 * n_pairs + 100:
-        attempts += 1
-        picks = np.argsort(rng.random((candidates, n)), axis=1)[:, :t]
-        cand = np.zeros((candidates, n), bool)
-        np.put_along_axis(cand, picks, True, axis=1)
-        cand = np.array([c for c in cand if np.packbits(c).tobytes() not in seen
-                         and np.packbits(~c).tobytes() not in seen])
-        if not len(cand):
-            continue
-        xa = np.concatenate([np.ones((len(cand), 1)), cand], axis=1)
+        xa = embed(cand)
         k = int(np.argmax(np.einsum("ci,ij,cj->c", xa, a_inv, xa)))
         seen.add(np.packbits(cand[k]).tobytes())
         rows.append(cand[k])
         u = a_inv @ xa[k]
         a_inv -= np.outer(u, u) / (1 + xa[k] @ u)
     return np.asarray(rows, bool).reshape(-1, n)
+
+
+def _new_candidates(rng: np.random.Generator, candidates: int, n: int, t: int, seen: set[bytes]) -> np.ndarray:
+    """``candidates`` random coalitions of size ``t`` ``(m, n)``, without those (or their complements) in ``seen``."""
+    picks = np.argsort(rng.random((candidates, n)), axis=1)[:, :t]
+    cand = np.zeros((candidates, n), bool)
+    np.put_along_axis(cand, picks, True, axis=1)
+    return np.array([c for c in cand if np.packbits(c).tobytes() not in seen and np.packbits(~c).tobytes() not in seen])
 
 
 def middle_correction(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], ridge: float = RIDGE) -> np.ndarray:
