@@ -304,8 +304,9 @@ def test_compare_stage_and_its_displays(run, caplog, monkeypatch):
     head = next(iter(tables.values()))
     assert {"zero-shot", "fine-tuned"} <= set(head["condition"]) and "top-k overlap" in set(head["metric"])
     names = [p.name for p in display.figure_paths(run.run_dir)]
-    assert names[:4] == ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
-    assert names[4:] == ["example_4_tokens.png", "example_9_tokens.png"]
+    assert names[:5] == ["movement.png", "overlap_at_k.png", "overlap_heatmap.png", "per_example.png",
+                         "finetune_loss.png"]
+    assert names[5:] == ["example_4_tokens.png", "example_9_tokens.png"]
     link = colab.report_link(run.run_dir, colab=False).data
     assert "report.html" in link and "MB" in link
     drive = colab.report_link(run.run_dir, colab=True).data

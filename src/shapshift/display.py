@@ -284,9 +284,10 @@ def overlap_tables(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def figure_paths(run_dir: str | os.PathLike) -> list[Path]:
-    """The stage-4 figures: overlap@k, heatmap, per-example distributions, then one per plotted example."""
+    """The stage-4 figures: how the reasons moved, overlap@k, heatmap, per-example distributions, then one per
+    plotted example."""
     folder = Path(run_dir) / "figures"
-    first = ["overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
+    first = ["movement.png", "overlap_at_k.png", "overlap_heatmap.png", "per_example.png", "finetune_loss.png"]
     found = sorted(folder.glob("*.png"), key=figure_order) if folder.is_dir() else []
     return [folder / n for n in first if (folder / n).exists()] + [p for p in found if p.name not in first]
 
@@ -297,6 +298,8 @@ def figure_order(path: Path) -> tuple:
 
 
 FIGURE_CAPTIONS = {
+    "movement.png": "How the reasons moved: per condition, the words whose importance rose and fell most (mean change "
+                    "over the examples, 95 % CI) and the word groups.",
     "overlap_at_k.png": "Top-k overlap of each condition with the baseline for every k (left: k tokens; right: k as "
                         "a share of the input). Above the noise floor = no more change than estimator noise.",
     "overlap_heatmap.png": "Mean top-k overlap between every pair of conditions.",
