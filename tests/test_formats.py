@@ -158,7 +158,7 @@ def test_on_sst2_the_chosen_format_makes_few_shot_write_a_label(smollm2, sst2_de
     rows = df[df["split"] == "explain"].reset_index(drop=True)
     demos = shared_demonstrations(df, cfg.adapt.k_shot, cfg.data.seed)
     parts = condition_parts(cfg, rows, tok, instruction=cfg.adapt.instruction, demonstrations=demos)
-    assert run_uses_chat(rows) == report.format["chat"]
+    assert run_uses_chat(rows, tok) == report.format["chat"]
     gens = generate(model, tok, [encode_prompt(p, tok, input_ids=list(r.input_ids)).ids
                                  for p, r in zip(parts, rows.itertuples())], max_new_tokens=3, progress=False)
     texts = [tok.decode(g, skip_special_tokens=True) for g in gens]

@@ -172,7 +172,7 @@ def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: Any, *, instr
     text part) must equal the baseline's."""
     from .prompting import build_prompt
 
-    chat = run_uses_chat(rows)
+    chat = run_uses_chat(rows, tokenizer)
     parts = [build_prompt(r.source_text, cfg.data.template, tokenizer, chat=chat, instruction=instruction,
                           demonstrations=demonstrations) for r in rows.itertuples()]
     for p, r in zip(parts, rows.itertuples()):
@@ -183,13 +183,15 @@ def condition_parts(cfg: RunConfig, rows: pd.DataFrame, tokenizer: Any, *, instr
     return parts
 
 
-def run_uses_chat(rows: pd.DataFrame) -> bool:
+def run_uses_chat(rows: pd.DataFrame, tokenizer: Any) -> bool:
     """Whether the run's prompts are chat turns (``prompt_chat``, the format preprocessing chose), so that every
-    condition is prompted in the same format; a table from before that column: chat when a prompt starts
-    with a special token, as a chat template writes it."""
+    condition is prompted in the same format; a table from before that column: chat when its prompts start
+    with a special token, as a chat template writes them."""
+    from .prompting import starts_with_special_token
+
     if "prompt_chat" in rows:
         return bool(len(rows)) and bool(rows["prompt_chat"].all())
-    return bool(len(rows)) and str(rows["prompt_prefix"].iloc[0]).startswith("<")
+    return bool(len(rows)) and starts_with_special_token(str(rows["prompt_prefix"].iloc[0]), tokenizer)
 
 
 # -- the set-up of each stage-3 condition ------------------------------------------------------------------

@@ -128,6 +128,8 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.Da
     on the train rows; the report carries the format and the check's table.
     """
     fmt = default_format(cfg, tokenizer)
+    check_template(cfg.template)
+    table = load_table(cfg.source, hub_split=cfg.hub_split) if table is None else table  # read once
     out, report = _build(cfg, tokenizer, table, fmt)
     train = out[out["split"] == "train"]
     candidates = candidate_formats(cfg, tokenizer, sorted(set(train["reference_text"].dropna())))
@@ -143,11 +145,9 @@ def preprocess(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.Da
     return out, report
 
 
-def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, table: pd.DataFrame | None,
+def _build(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, df: pd.DataFrame,
            fmt: PromptFormat) -> tuple[pd.DataFrame, PreprocessReport]:
-    """:func:`preprocess` under one prompt format."""
-    check_template(cfg.template)
-    df = load_table(cfg.source, hub_split=cfg.hub_split) if table is None else table
+    """:func:`preprocess` of the loaded table ``df`` under one prompt format."""
     needed = [c for c in (cfg.input_column, cfg.target_column, cfg.label_column) if c]
     missing = [c for c in needed if c not in df.columns]
     if missing:

@@ -43,7 +43,7 @@ from .config import FinetuneConfig
 from .errors import ArtifactError, ConfigError, DataError, ShapshiftError
 from .lora import wrap_lora
 from .models import model_device
-from .prompting import PromptParts, encode_prompt
+from .prompting import PromptParts, encode_prompt, starts_with_special_token
 from .scoring import token_logprobs
 from .store import honour_umask, write_json
 
@@ -58,17 +58,12 @@ MODEL_DIR = "model"
 TRAINING_LOG = "training_log.json"
 
 # -- training examples -------------------------------------------------------------------------------
-def _is_chat_prefix(prefix: str, tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the prefix starts with a special token, as chat templates (and BOS-led prompts) do."""
-    return any(tok and prefix.startswith(tok) for tok in tokenizer.all_special_tokens)
-
-
 def _prompt_ids(row: Any, tokenizer: PreTrainedTokenizerBase, chat: bool | None) -> tuple[list[int], list[int], list[int]]:
     """(prefix, input, suffix) ids of a stage-1 row, encoded as the explainer encodes them."""
     parts = PromptParts(str(row.prompt_prefix), str(row.input_text), str(row.prompt_suffix))
     stored = getattr(row, "input_ids", None)
     input_ids = None if stored is None or (isinstance(stored, float) and np.isnan(stored)) else [int(i) for i in stored]
-    use_chat = _is_chat_prefix(parts.prefix, tokenizer) if chat is None else chat
+    use_chat = starts_with_special_token(parts.prefix, tokenizer) if chat is None else chat
     enc = encode_prompt(parts, tokenizer, chat=use_chat, input_ids=input_ids)
     return enc.prefix_ids, enc.input_ids, enc.suffix_ids
 

@@ -255,13 +255,6 @@ def padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreT
         tokenizer.padding_side = before
 
 
-def uses_chat_template(tokenizer: PreTrainedTokenizerBase, setting: str = "auto") -> bool:
-    """Whether prompts go through the tokenizer's chat template (``auto``: when it has one)."""
-    if setting != "auto":
-        return setting == "yes"
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's weights are; a remote model (:mod:`shapshift.remote`) has none here: the CPU."""
     if getattr(model, "is_remote", False):

@@ -146,6 +146,11 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
                       "Give the input a context with text before it, e.g. the template 'Text: {input}'.")
 
 
+def starts_with_special_token(prefix: str, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether a prompt's prefix starts with a special token, as a chat template writes it (``<|im_start|>``)."""
+    return any(t and prefix.startswith(t) for t in getattr(tokenizer, "all_special_tokens", []))
+
+
 def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, chat: bool | None = None,
                   input_ids: Sequence[int] | None = None) -> EncodedPrompt:
     """Tokenise each part on its own, so the features are exactly the text's tokens.
@@ -156,8 +161,7 @@ def encode_prompt(parts: PromptParts, tokenizer: PreTrainedTokenizerBase, *, cha
     prefix always holds at least one token. ``input_ids`` reuses a stored tokenisation of the text.
     """
     if chat is None:
-        specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
-        chat = any(parts.prefix.startswith(t) for t in specials)
+        chat = starts_with_special_token(parts.prefix, tokenizer)
     prefix = tokenizer(parts.prefix, add_special_tokens=not chat)["input_ids"] if (parts.prefix or not chat) else []
     if not prefix:
         prefix = [start_token_id(tokenizer)]
