@@ -59,7 +59,8 @@ from common import (  # noqa: E402
     spearman,
 )
 
-from shapshift.config import ExplainConfig, resolve_masking  # noqa: E402
+from shapshift.config import ExplainConfig  # noqa: E402
+from shapshift.constants import resolve_masking
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.explainers.api import auto_precision  # noqa: E402
 from shapshift.generation import generate  # noqa: E402

@@ -26,16 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine_info, markdown_table  # noqa: E402
 
 from shapshift.behaviour import condition_summary, generations  # noqa: E402
-from shapshift.config import RunConfig  # noqa: E402
 from shapshift.pipeline import STAGES, run  # noqa: E402
 from shapshift.store import RunStore  # noqa: E402
+from shapshift.validation import load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
 def time_demo(method: str, out: Path, overrides: list[str]) -> dict:
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml",
+    cfg = load_config(REPO / "configs" / "demo.yaml",
                               [f"explain.method={method}", f"output_dir={out}", f"name=demo-{method}", *overrides])
     start = time.perf_counter()
     run(cfg, STAGES)

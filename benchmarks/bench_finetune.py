@@ -33,7 +33,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine_info  # noqa: E402
 
-from shapshift.config import RunConfig  # noqa: E402
 from shapshift.data import preprocess  # noqa: E402
 from shapshift.finetune import (  # noqa: E402
     IGNORE_INDEX,
@@ -45,6 +44,7 @@ from shapshift.finetune import (  # noqa: E402
 )
 from shapshift.lora import wrap_lora  # noqa: E402
 from shapshift.models import load_model  # noqa: E402
+from shapshift.validation import load_config  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    cfg = RunConfig.from_yaml(args.config)
+    cfg = load_config(args.config)
     ft = cfg.adapt.finetune
     model, tok = load_model(cfg.model.spec)
     data_cfg = copy.deepcopy(cfg.data)

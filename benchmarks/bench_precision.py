@@ -31,7 +31,8 @@ from bench_explainers import run_partition  # noqa: E402
 from common import load_sst2, machine_info, markdown_table, pick_sentences, spearman, sst2_example  # noqa: E402
 from record_tables import recorded_rows  # noqa: E402
 
-from shapshift.config import ExplainConfig, resolve_masking  # noqa: E402
+from shapshift.config import ExplainConfig  # noqa: E402
+from shapshift.constants import resolve_masking
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.explainers.api import auto_precision  # noqa: E402
 from shapshift.explainers.precision import importance  # noqa: E402

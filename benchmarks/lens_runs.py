@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from shapshift.config import RunConfig
 from shapshift.lens_views import LENS_LABELS, _timing, completeness_gaps
 from shapshift.lenses import read_lens_summary
 from shapshift.pipeline import STAGES, run
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    cfg = RunConfig.from_yaml(args.config, [*args.overrides, f"name={args.run_name or 'lenses_' + args.name}",
+    cfg = load_config(args.config, [*args.overrides, f"name={args.run_name or 'lenses_' + args.name}",
                                             f"output_dir={args.output_dir}"])
     start = time.perf_counter()
     run(cfg, STAGES, resume=args.resume)

@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_sst2, pick_sentences, sst2_example  # noqa: E402
 
-from shapshift.config import ExplainConfig, resolve_masking  # noqa: E402
+from shapshift.config import ExplainConfig  # noqa: E402
+from shapshift.constants import resolve_masking
 from shapshift.explainers.exact import all_coalitions, shapley_from_table  # noqa: E402
 from shapshift.generation import generate  # noqa: E402
 from shapshift.models import load_model  # noqa: E402

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, spearman  # noqa: E402
 
-from shapshift.config import SCORE_UNITS  # noqa: E402
+from shapshift.constants import SCORE_UNITS  # noqa: E402
 from shapshift.explainers import REGISTRY  # noqa: E402
 from shapshift.explainers.base import ExplainTask  # noqa: E402
 from shapshift.explainers.exact import all_coalitions  # noqa: E402

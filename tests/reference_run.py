@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from shapshift.validation import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 STORED = REPO / "tests" / "data" / "reference_run"
 OVERRIDES = [
@@ -36,14 +38,13 @@ def run_reference(out: Path) -> Path:
     """Run the reference configuration into ``out``; returns the run folder."""
     import torch
 
-    from shapshift.config import RunConfig
     from shapshift.pipeline import STAGES, run
 
     torch.set_num_threads(1)
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", [*OVERRIDES, f"output_dir={out}"])
+    cfg = load_config(REPO / "configs" / "demo.yaml", [*OVERRIDES, f"output_dir={out}"])
     data = cfg.data.source
     if not Path(data).is_absolute():
-        cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml",
+        cfg = load_config(REPO / "configs" / "demo.yaml",
                                   [*OVERRIDES, f"output_dir={out}", f"data.source={REPO / data}"])
     return run(cfg, STAGES, fresh=True).dir
 

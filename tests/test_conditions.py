@@ -12,14 +12,16 @@ import pytest
 import torch
 from test_pipeline import tiny_config
 
-from shapshift import conditions
-from shapshift.conditions import Condition, Setup, condition_parts, register
+from shapshift import adapt, conditions
+from shapshift.adapt import Setup, condition_parts
+from shapshift.conditions import Condition, register
 from shapshift.config import RunConfig
 from shapshift.errors import ConfigError
 from shapshift.pipeline import STAGES, load_condition, run
 from shapshift.prompting import encode_prompt
 from shapshift.report import REPORT_FILE
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 
 def _explained_logprob(model, tokenizer, parts, input_ids, target_ids) -> float:
@@ -72,7 +74,7 @@ def test_a_users_adapter_is_a_condition(tmp_path, tiny_neo, one_thread):
     rows = rows[rows["split"] == "explain"].set_index("example_id")
     stored, base = _stored(cfg, "mine"), _stored(cfg, "baseline")
     for ex_id, r in rows.iterrows():
-        parts = conditions.base_parts(rows.loc[[ex_id]].reset_index())[0]
+        parts = adapt.base_parts(rows.loc[[ex_id]].reset_index())[0]
         want = _explained_logprob(adapted, tokenizer, parts, list(r.input_ids), stored.loc[ex_id, "explained_ids"])
         assert stored.loc[ex_id, "explained_logprob"] == pytest.approx(want, abs=1e-4)
         assert stored.loc[ex_id, "explained_logprob"] != pytest.approx(base.loc[ex_id, "explained_logprob"], abs=1e-3)
@@ -105,15 +107,15 @@ def test_a_new_condition_is_one_registry_entry(tmp_path, one_thread):
 ])
 def test_bad_condition_names_say_what_to_do(adapt, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        RunConfig.from_dict({"adapt": adapt})
+        load_config({"adapt": adapt})
 
 
 def test_a_remote_model_cannot_have_weight_conditions():
     with pytest.raises(ConfigError, match="mine"):
-        RunConfig.from_dict({"model": {"spec": "openai-compatible:http://localhost:1/v1", "tokenizer": "x"},
+        load_config({"model": {"spec": "openai-compatible:http://localhost:1/v1", "tokenizer": "x"},
                              "explain": {"masking": "delete"},
                              "adapt": {"conditions": ["zero_shot", "mine"], "adapters": {"mine": "/x"}}})
-    cfg = RunConfig.from_dict({"model": {"spec": "openai-compatible:http://localhost:1/v1", "tokenizer": "x"},
+    cfg = load_config({"model": {"spec": "openai-compatible:http://localhost:1/v1", "tokenizer": "x"},
                                "explain": {"masking": "delete"},
                                "adapt": {"conditions": ["terse"], "prompts": {"terse": "Be brief."}}})
     assert cfg.adapt.conditions == ["terse"]

@@ -3,24 +3,25 @@ from conftest import REPO
 
 from shapshift.config import RunConfig
 from shapshift.errors import ConfigError
+from shapshift.validation import load_config
 
 
 def test_defaults_validate_and_demo_config_loads():
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml")
+    cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.model.spec == "smollm2-135m"
     assert cfg.run_dir.name == "demo"
     assert RunConfig().validate().data.template.count("{input}") == 1
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["data.n_explain=2", "adapt.conditions=[few_shot]",
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["data.n_explain=2", "adapt.conditions=[few_shot]",
                                                                "explain.noise_floor=false"])
     assert cfg.data.n_explain == 2 and cfg.adapt.conditions == ["few_shot"] and cfg.explain.noise_floor is False
 
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError, match="(?s)Valid keys in data: .*input_column"):
-        RunConfig.from_dict({"data": {"inptu_column": "x"}})
+        load_config({"data": {"inptu_column": "x"}})
 
 
 @pytest.mark.parametrize("values, match", [
@@ -31,23 +32,23 @@ def test_unknown_key_lists_valid_keys():
 ])
 def test_bad_values_get_clear_messages(values, match):
     with pytest.raises(ConfigError, match=match):
-        RunConfig.from_dict(values)
+        load_config(values)
 
 
 def test_missing_yaml_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        RunConfig.from_yaml(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml")
 
 
 def test_fingerprint_tracks_sections():
-    a, b = RunConfig(), RunConfig.from_dict({"compare": {"ks": [2]}})
+    a, b = RunConfig(), load_config({"compare": {"ks": [2]}})
     assert a.fingerprint("model", "explain") == b.fingerprint("model", "explain")
     assert a.fingerprint() != b.fingerprint()
 
 
 def test_a_set_value_that_is_not_yaml_is_taken_as_text():
     """``--set 'data.template=Review: {input}\\nSentiment:'`` (not valid YAML) is the template as typed."""
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["data.template=Review: {input}\\nSentiment:",
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["data.template=Review: {input}\\nSentiment:",
                                                                'adapt.instruction="Say: yes or no"'])
     assert cfg.data.template == "Review: {input}\nSentiment:"
     assert cfg.adapt.instruction == "Say: yes or no"
@@ -64,7 +65,7 @@ def test_a_set_value_that_is_not_yaml_is_taken_as_text():
 ])
 def test_set_values_of_text_settings_are_taken_as_typed(override, key, expected):
     """Item 7: a text setting takes the --set value as typed; quoted values and null keep their YAML meaning."""
-    cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", [override])
+    cfg = load_config(REPO / "configs" / "demo.yaml", [override])
     section = getattr(cfg, override.split(".")[0])
     assert getattr(section, key) == expected
 

@@ -8,6 +8,7 @@ import torch
 
 from shapshift.explainers import explain_tasks, make_task
 from shapshift.explainers.base import ContrastScorer
+from shapshift.explainers.registry import check_explain
 from shapshift.prompting import build_prompt, encode_prompt
 from tests.tiny_models import tiny
 
@@ -73,9 +74,9 @@ def test_contrastive_targets_refuse_what_cannot_explain_them():
     from shapshift.errors import ConfigError
 
     with pytest.raises(ConfigError, match="log_prob"):
-        ExplainConfig(target="contrastive", score="log_odds").validate()
+        check_explain(ExplainConfig(target="contrastive", score="log_odds"))
     with pytest.raises(ConfigError, match="partition"):
-        ExplainConfig(target="contrastive", method="partition").validate()
+        check_explain(ExplainConfig(target="contrastive", method="partition"))
     cfg = RunConfig()
     cfg.explain.target, cfg.data.label_column = "contrastive", None
     with pytest.raises(ConfigError, match="label"):

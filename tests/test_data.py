@@ -6,6 +6,7 @@ from shapshift.config import DataConfig
 from shapshift.data import DATASET_COLUMNS, load_table, preprocess
 from shapshift.errors import DataError
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 
 def test_sst2_tsv_loads_through_the_datasets_loader(sst2_dev):
@@ -119,10 +120,9 @@ def test_n_explain_larger_than_the_data_is_refused(tiny_neo):
 
 def test_too_few_training_rows_are_refused_before_any_explaining(tmp_path):
     """Item 2: every row in the explain split leaves nothing to fine-tune on: refused before stage 2."""
-    from shapshift.config import RunConfig
     from shapshift.pipeline import run
 
-    cfg = RunConfig.from_dict({"name": "r", "output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
+    cfg = load_config({"name": "r", "output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
                                "data": {"source": str(DEMO_DATA), "n_explain": 10, "max_rows": 10}})
     with pytest.raises(DataError) as err:
         run(cfg)

@@ -108,7 +108,7 @@ def test_explain_text_cli(tmp_path, capsys):
 def test_explain_text_reads_backslash_n_as_a_newline_like_set(tmp_path, tiny_neo):
     """Issue 28 item 7: `--context 'Review: {input}\\nSentiment:'` (a backslash and an n, as a shell passes it) is
     a newline, as `--set data.template=...` and the config's error messages treat it: one rule for text typed in."""
-    from shapshift.config import parse_value
+    from shapshift.coerce import parse_value
 
     typed = "Review: {input}\\nSentiment:"
     assert parse_value(typed, text=True) == "Review: {input}\nSentiment:"  # --set's rule

@@ -146,7 +146,7 @@ def test_on_sst2_the_chosen_format_makes_few_shot_write_a_label(smollm2, sst2_de
 
     Whether it is the *right* label is the model's accuracy, not the format's: SmolLM2-135M gets about half of
     these dev sentences right (4 of 8 here), so the reference itself is written for fewer."""
-    from shapshift.conditions import condition_parts, run_uses_chat
+    from shapshift.adapt import condition_parts, run_uses_chat
     from shapshift.config import RunConfig
     from shapshift.fewshot import shared_demonstrations
     from shapshift.pipeline import label_match

@@ -16,6 +16,7 @@ import shapshift
 from shapshift.config import ExplainConfig
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
 from shapshift.explainers.api import to_parts
+from shapshift.validation import load_config
 
 LENSES = ("input_x_gradient", "integrated_gradients", "attention", "attention_rollout")
 TEXT, TEMPLATE, TARGET = "a warm , funny and moving film", "Review: {input}\nSentiment:", " positive great"
@@ -186,7 +187,6 @@ def test_a_missing_lens_package_says_what_to_install(tiny_neo, monkeypatch, tmp_
     from pathlib import Path
 
     from shapshift import colab
-    from shapshift.config import RunConfig
     from shapshift.errors import ConfigError
     from shapshift.explainers.gradients import CAPTUM
     from shapshift.pipeline import run
@@ -203,7 +203,7 @@ def test_a_missing_lens_package_says_what_to_install(tiny_neo, monkeypatch, tmp_
             shapshift.explain(model, tok, ["good film"], targets=[" yes"], method=method, progress=False)
     assert colab.lens_command(["auto", "integrated_gradients"])[-1] == CAPTUM
     assert colab.lens_command(["auto", "attention"]) == []  # attention needs nothing more
-    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
+    cfg = load_config({"output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
                                "explain": {"methods": ["auto", "integrated_gradients"]}})
     with pytest.raises(ConfigError, match="captum"):
         run(cfg)

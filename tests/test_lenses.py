@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sstats
 
-from shapshift.config import ExplainConfig, RunConfig
+from shapshift.config import ExplainConfig
 from shapshift.errors import ConfigError
+from shapshift.explainers.registry import check_explain
 from shapshift.lenses import (
     LENSES_FILE,
     LENSES_SUMMARY_FILE,
@@ -20,6 +21,7 @@ from shapshift.lenses import (
     summarize_lenses,
 )
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 KS = (1, 3)
 
@@ -85,13 +87,13 @@ def test_explain_methods_is_validated():
     assert ExplainConfig(methods=["auto", "attention"]).all_methods == ["auto", "attention"]
     for bad in (["attention"], ["kernel", "attention"], ["auto", "saliency"], ["auto", "attention", "attention"], []):
         with pytest.raises(ConfigError, match="explain.methods"):
-            ExplainConfig(methods=bad).validate()
+            check_explain(ExplainConfig(methods=bad))
 
 
 def test_a_run_with_lenses_writes_their_artifacts_tables_and_report_section(tmp_path):
     from shapshift.pipeline import STAGES, run
 
-    cfg = RunConfig.from_dict({
+    cfg = load_config({
         "name": "lenses", "output_dir": str(tmp_path), "model": {"spec": "tiny-gpt-neo"},
         "data": {"source": str(DEMO_DATA), "n_explain": 3, "max_input_tokens": 8, "max_rows": 40},
         "generation": {"max_new_tokens": 2},

@@ -18,6 +18,7 @@ from shapshift import colab, display, form, stages
 from shapshift.config import RunConfig
 from shapshift.errors import ArtifactError, ConfigError
 from shapshift.store import RunStore, save_explanations, write_json
+from shapshift.validation import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENS = ["The", " plot", " was", " dull", " &", " <b>slow</b>", "."]
@@ -383,9 +384,9 @@ def test_every_form_field_is_a_config_key_under_the_same_name():
               "adapt_conditions": "few_shot"}
     by_form = form.config_from_form(fields, "/tmp/runs")
     by_set = form.config_from_form({}, "/tmp/runs").to_dict()
-    from shapshift.config import RunConfig, apply_overrides
+    from shapshift.config import apply_overrides
 
-    by_set = RunConfig.from_dict(apply_overrides(by_set, ["data.n_explain=5", "adapt.finetune.max_steps=7",
+    by_set = load_config(apply_overrides(by_set, ["data.n_explain=5", "adapt.finetune.max_steps=7",
                                                           "explain.unit=word", "explain.precision=0.9",
                                                           "adapt.conditions=[few_shot]"]))
     assert by_form == by_set

@@ -16,6 +16,7 @@ from shapshift.config import RunConfig
 from shapshift.errors import ArtifactError
 from shapshift.pipeline import STAGES, load_condition, run
 from shapshift.store import RunStore, load_explanations, sha256_file
+from shapshift.validation import load_config
 
 
 def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
@@ -31,7 +32,7 @@ def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
     for key, value in overrides.items():
         section, field = key.split("__")
         values.setdefault(section, {})[field] = value
-    return RunConfig.from_dict(values)
+    return load_config(values)
 
 
 #: finished_run's settings besides tiny_config's: log-odds, the score that is not the default, so that with
@@ -103,7 +104,7 @@ def _copy_run(cfg: RunConfig, tmp_path, **overrides) -> RunConfig:
     for key, value in overrides.items():
         section, field = key.split("__")
         values[section][field] = value
-    return RunConfig.from_dict(values)
+    return load_config(values)
 
 
 def test_plain_rerun_reuses_every_finished_stage(finished_run, tmp_path, caplog):
@@ -287,7 +288,7 @@ def test_killed_run_continues_on_a_plain_rerun(tmp_path, finished_run):
     values["data"]["n_explain"] = 4
     values["adapt"]["conditions"] = ["zero_shot", "few_shot"]
     values["compare"]["n_bootstrap"] = 10
-    cfg = RunConfig.from_dict(values)
+    cfg = load_config(values)
     cmd = [sys.executable, "-m", "shapshift.cli", "run", "--config", str(_yaml(cfg, tmp_path))]
     partial = tmp_path / "killed" / ".partial"
     # 1. Ctrl-C after two baseline examples
@@ -320,7 +321,7 @@ def test_killed_run_continues_on_a_plain_rerun(tmp_path, finished_run):
     assert not partial.exists() or not any(partial.rglob("*.npz"))
     # the uninterrupted twin
     values["name"] = "straight"
-    straight = RunConfig.from_dict(values)
+    straight = load_config(values)
     run(straight, ("preprocess", "explain", "adapt"))
     for name in ("02_baseline.parquet", "03_zero_shot.parquet", "03_few_shot.parquet"):
         a = RunStore(tmp_path / "killed").read_parquet(name)

@@ -29,6 +29,7 @@ from shapshift.explainers.precision import (
     importance,
 )
 from shapshift.explainers.quadrature import size_quadrature
+from shapshift.explainers.registry import check_explain
 from shapshift.prompting import build_prompt
 from shapshift.scoring import TableScorer
 
@@ -189,8 +190,8 @@ def test_precision_rounds_stop_at_the_target_and_at_the_cap():
 def test_precision_setting_is_validated():
     for bad in (0, 1, 1.5, -0.1, "high"):
         with pytest.raises(ConfigError, match="explain.precision"):
-            ExplainConfig(precision=bad).validate()
-    ExplainConfig(precision=0.9).validate()
+            check_explain(ExplainConfig(precision=bad))
+    check_explain(ExplainConfig(precision=0.9))
 
 
 def test_explain_records_the_precision_reached(tiny_neo):

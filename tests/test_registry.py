@@ -17,7 +17,7 @@ import pytest
 import shap
 
 import shapshift
-from shapshift.config import RunConfig, apply_overrides
+from shapshift.config import apply_overrides
 from shapshift.errors import ConfigError
 from shapshift.explainers import REGISTRY, Estimator, method_choices, register, shap_methods
 from shapshift.explainers.base import Attribution, scorer_attribution
@@ -32,6 +32,7 @@ from shapshift.explainers.registry import (
 from shapshift.prompting import build_prompt, encode_prompt
 from shapshift.scoring import TeacherForcedScorer
 from shapshift.store import RunStore, save_explanations, stored_methods
+from shapshift.validation import load_config
 
 CONTEXT = "Review:{input}\nSentiment:"
 
@@ -71,7 +72,7 @@ def toy():
 
 def test_a_registered_estimator_is_selectable_everywhere(toy, tiny_neo):
     assert toy.name in shap_methods() and toy.name in method_choices() and toy.name not in lens_methods()
-    cfg = RunConfig.from_dict({"explain": {"method": toy.name, "options": {"scale": 2}}})
+    cfg = load_config({"explain": {"method": toy.name, "options": {"scale": 2}}})
     assert cfg.explain.options == {"scale": 2}
     assert is_deterministic([toy.name]) is True  # what compare reads for the noise floor
     model, tok = tiny_neo
@@ -94,7 +95,7 @@ def test_a_registered_estimator_is_selectable_everywhere(toy, tiny_neo):
 def test_an_unregistered_estimator_is_refused():
     assert "toy_leave_one_out" not in REGISTRY
     with pytest.raises(ConfigError, match="toy_leave_one_out"):
-        RunConfig.from_dict({"explain": {"method": "toy_leave_one_out"}})
+        load_config({"explain": {"method": "toy_leave_one_out"}})
 
 
 def test_options_are_checked_against_the_methods_that_take_them(toy):
@@ -102,20 +103,20 @@ def test_options_are_checked_against_the_methods_that_take_them(toy):
         toy({"rollout": True})
     assert "scale=1.0" in str(err.value)  # the allowed options, with their defaults
     with pytest.raises(ConfigError, match="scale=0"):
-        RunConfig.from_dict({"explain": {"method": toy.name, "options": {"scale": 0}}})
+        load_config({"explain": {"method": toy.name, "options": {"scale": 0}}})
     with pytest.raises(ConfigError, match=r"'fanout'.*no method.*kernel") as err:
-        RunConfig.from_dict({"explain": {"method": "kernel", "options": {"fanout": 3}}})
+        load_config({"explain": {"method": "kernel", "options": {"fanout": 3}}})
     assert "kernel: none" in " ".join(str(err.value).split())
     # auto may choose hierarchical, so its fanout is an option of auto; a bad value is refused by hierarchical
-    assert RunConfig.from_dict({"explain": {"options": {"fanout": 3}}}).explain.options == {"fanout": 3}
+    assert load_config({"explain": {"options": {"fanout": 3}}}).explain.options == {"fanout": 3}
     with pytest.raises(ConfigError, match="fanout=1 must be between 2 and 12"):
-        RunConfig.from_dict({"explain": {"options": {"fanout": 1}}})
+        load_config({"explain": {"options": {"fanout": 1}}})
     # a lens beside the SHAP method brings its options; --set values are typed by the option
-    cfg = RunConfig.from_dict(apply_overrides({"explain": {"methods": ["auto", "integrated_gradients"]}},
+    cfg = load_config(apply_overrides({"explain": {"methods": ["auto", "integrated_gradients"]}},
                                               ["explain.options.n_steps=64", "explain.options.baseline=zero"]))
     assert REGISTRY["integrated_gradients"].make_options(cfg.explain.options).n_steps == 64
     with pytest.raises(ConfigError, match="must be a number"):
-        RunConfig.from_dict(apply_overrides({}, ["explain.options.fanout=wide"]))
+        load_config(apply_overrides({}, ["explain.options.fanout=wide"]))
     with pytest.raises(ConfigError, match="baseline='noise' is not pad, zero or mean"):
         shapshift.explain(None, None, ["x"], method="integrated_gradients", options={"baseline": "noise"})
 
@@ -151,8 +152,8 @@ def test_partition_records_and_enforces_its_own_masking(tiny_neo):
             shapshift.explain(model, tok, ["fine"], targets=[" x"], method="partition", masking=masking, progress=False)
         assert masking_used("partition", masking) == "shap_text" and masking_used("kernel", masking) == masking
     with pytest.raises(ConfigError, match="masking='shap_text' is unknown"):  # partition's own, not kernel's
-        RunConfig.from_dict({"explain": {"method": "kernel", "masking": "shap_text"}})
-    RunConfig.from_dict({"explain": {"method": "partition", "masking": "shap_text"}})
+        load_config({"explain": {"method": "kernel", "masking": "shap_text"}})
+    load_config({"explain": {"method": "partition", "masking": "shap_text"}})
 
 
 def test_compare_reads_the_stored_method_column(tmp_path):

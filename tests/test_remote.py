@@ -15,7 +15,6 @@ import pytest
 from scipy.stats import spearmanr
 
 from shapshift import explain, load_model
-from shapshift.config import RunConfig
 from shapshift.errors import ConfigError, ModelError
 from shapshift.explainers import explain_tasks, make_task
 from shapshift.generation import generate
@@ -23,6 +22,7 @@ from shapshift.prompting import build_prompt, encode_prompt
 from shapshift.remote import RemoteModel
 from shapshift.remote.local_server import llama_server, smollm2_float32_gguf
 from shapshift.scoring import TeacherForcedScorer, scores_from_logprobs, token_scores
+from shapshift.validation import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -184,15 +184,15 @@ def test_attention_masking_and_partition_are_refused(remote):
 def test_a_remote_config_refuses_finetuning_and_attention_masking_before_any_request():
     spec = "openai-compatible:http://127.0.0.1:9/v1"  # nothing listens there: validation alone must refuse
     with pytest.raises(ConfigError, match="fine-tuned"):
-        RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete"}})
+        load_config({"model": {"spec": spec}, "explain": {"masking": "delete"}})
     with pytest.raises(ConfigError, match="explain.masking=delete"):  # asked for explicitly
-        RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "attention"},
+        load_config({"model": {"spec": spec}, "explain": {"masking": "attention"},
                              "adapt": {"conditions": ["zero_shot"]}})
-    RunConfig.from_dict({"model": {"spec": spec}, "adapt": {"conditions": ["zero_shot"]}})  # auto: deletion
+    load_config({"model": {"spec": spec}, "adapt": {"conditions": ["zero_shot"]}})  # auto: deletion
     with pytest.raises(ConfigError, match="needs its weights|need its weights"):
-        RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete", "methods": ["auto", "attention"]},
+        load_config({"model": {"spec": spec}, "explain": {"masking": "delete", "methods": ["auto", "attention"]},
                              "adapt": {"conditions": ["zero_shot"]}})
-    cfg = RunConfig.from_dict({"model": {"spec": spec}, "explain": {"masking": "delete"},
+    cfg = load_config({"model": {"spec": spec}, "explain": {"masking": "delete"},
                                "adapt": {"conditions": ["zero_shot", "few_shot"]}})
     assert "api_key" not in str(cfg.to_dict()).replace("api_key_env", "")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from shapshift import stages
-from shapshift.config import RunConfig
 from shapshift.errors import ShapshiftError
 from shapshift.models import _cache_dir
 from shapshift.pipeline import run
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_a_finished_stage_leaves_no_empty_partial_folder(tmp_path):
 
 def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
     """A failed run left a folder holding only manifest.json."""
-    cfg = RunConfig.from_dict({"output_dir": str(tmp_path), "name": "broken", "model": {"spec": "tiny-gpt-neo"},
+    cfg = load_config({"output_dir": str(tmp_path), "name": "broken", "model": {"spec": "tiny-gpt-neo"},
                                "data": {"source": str(tmp_path / "no-such-file.csv")}})
     with pytest.raises(ShapshiftError):
         run(cfg)

@@ -26,7 +26,7 @@ from reference_scorer import naive_scores
 from tiny_models import tiny
 
 import shapshift
-from shapshift.config import DEFAULT_SCORE
+from shapshift.constants import DEFAULT_SCORE
 from shapshift.prompting import PromptParts, build_prompt, encode_prompt
 from shapshift.scoring import MASKINGS, TeacherForcedScorer
 

@@ -83,7 +83,8 @@ def test_full_input_matches_an_ordinary_forward_pass(arch, request):
 def test_by_default_a_masked_token_is_deleted_and_the_score_is_its_log_probability(arch, request):
     """The defaults (``explain.masking: auto``, ``explain.score``) against plain forward passes: each coalition's
     score is ``log p(target token)`` after the text with the masked tokens left out."""
-    from shapshift.config import ExplainConfig, resolve_masking
+    from shapshift.config import ExplainConfig
+    from shapshift.constants import resolve_masking
 
     model, tok = request.getfixturevalue(arch)
     prompt, target = _prompt_and_target(tok)

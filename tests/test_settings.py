@@ -16,8 +16,10 @@ from test_pipeline import tiny_config
 import shapshift
 from shapshift import form
 from shapshift.cli import build_parser
-from shapshift.config import SECTIONS, ExplainConfig, GenerationConfig, RunConfig, config_keys
+from shapshift.config import ExplainConfig, GenerationConfig, config_keys
+from shapshift.constants import SECTIONS
 from shapshift.pipeline import load_condition, run
+from shapshift.validation import load_config
 
 README = (REPO / "README.md").read_text()
 #: form fields that set up the notebook itself, not the run (where the run folder lives, resume, free-form keys)
@@ -83,7 +85,7 @@ def test_every_form_field_sets_a_config_key():
 
 def test_the_form_defaults_are_the_colab_config():
     from_form = form.config_from_form(form.FORM_DEFAULTS).to_dict()
-    from_yaml = RunConfig.from_yaml(REPO / "configs" / "colab_sst2.yaml").to_dict()
+    from_yaml = load_config(REPO / "configs" / "colab_sst2.yaml").to_dict()
     assert from_form == from_yaml
 
 
@@ -92,9 +94,9 @@ def test_masking_and_automatic_batch_size_work_from_every_entry_point(tmp_path, 
     if how == "yaml":
         path = tmp_path / "run.yaml"
         path.write_text("explain:\n  masking: attention\n  batch_size: null\n")
-        cfg = RunConfig.from_yaml(path)
+        cfg = load_config(path)
     elif how == "set":
-        cfg = RunConfig.from_yaml(REPO / "configs" / "demo.yaml", ["explain.masking=attention", "explain.batch_size=null"])
+        cfg = load_config(REPO / "configs" / "demo.yaml", ["explain.masking=attention", "explain.batch_size=null"])
     else:
         cfg = form.config_from_form({**form.FORM_DEFAULTS, "explain_masking": "attention",
                                      "extra_settings": "explain.batch_size=null"})

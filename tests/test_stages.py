@@ -7,9 +7,9 @@ import pytest
 
 from shapshift import stages
 from shapshift.cli import build_parser
-from shapshift.config import RunConfig
 from shapshift.errors import ArtifactError, ConfigError
 from shapshift.store import RunStore
+from shapshift.validation import load_config
 
 FILES = ["01_dataset.parquet", "02_generations.parquet", "02_baseline.parquet", "02_baseline__attention.parquet",
          "03_zero_shot.pkl", "03_mine.parquet", "03_generations.parquet", "adapters/adapter/a.bin",
@@ -57,7 +57,7 @@ def test_each_artifact_belongs_to_one_stage():
 
 
 def test_missing_inputs_name_the_stage_and_notebook_to_run(tmp_path):
-    cfg = RunConfig.from_dict({"output_dir": str(tmp_path)})
+    cfg = load_config({"output_dir": str(tmp_path)})
     with pytest.raises(ArtifactError, match="stage preprocess .*01_preprocess.ipynb"):
         stages.require_inputs(cfg, "explain")
     with pytest.raises(ArtifactError, match="stage explain"):

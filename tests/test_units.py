@@ -14,7 +14,7 @@ from reference_scorer import naive_scores
 from tiny_models import tiny
 
 import shapshift
-from shapshift.config import DEFAULT_MASKING, DEFAULT_SCORE
+from shapshift.constants import DEFAULT_MASKING, DEFAULT_SCORE
 from shapshift.errors import ConfigError
 from shapshift.prompting import build_prompt, encode_prompt, feature_groups
 from shapshift.store import RunStore, frame_to_explanations, load_explanations, save_explanations

@@ -8,16 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import (
-    EXPLAIN_MASKINGS,
-    SCORES,
-    UNITS,
-    ExplainConfig,
-    GenerationConfig,
-    RunConfig,
-    apply_overrides,
-    unescape,
-)
+from .coerce import unescape
+from .config import ExplainConfig, GenerationConfig, RunConfig
+from .constants import EXPLAIN_MASKINGS, SCORES, UNITS
 from .errors import ConfigError, ShapshiftError
 from .stages import STAGES, TABLE
 
@@ -31,8 +24,16 @@ def _config(args: argparse.Namespace) -> RunConfig:
     if args.name:
         overrides.append(f"name={args.name}")
     if args.config is None and not Path(DEFAULT_CONFIG).exists():
-        return RunConfig.from_dict(apply_overrides({}, overrides))
-    return RunConfig.from_yaml(args.config or DEFAULT_CONFIG, overrides)
+        return _load_config(None, overrides)
+    return _load_config(args.config or DEFAULT_CONFIG, overrides)
+
+
+def _load_config(source: str | Path | None, overrides: list[str]) -> RunConfig:
+    # imported when a verb runs, not with the CLI: validation reads the estimators' registry, which loads torch
+    # (`shapshift --help` stays instant; tests/test_registry.py::test_importing_the_config_stays_cheap)
+    from .validation import load_config
+
+    return load_config(source, overrides)
 
 
 def _stage_command(stages):

@@ -2,8 +2,9 @@
 
 Every section is a dataclass with defaults; :func:`RunConfig.from_dict` rejects unknown keys and
 wrong types with a message that lists what is allowed, and ``validate()`` checks values in one place.
-
-Over 400 lines on purpose: every setting, its default and its validation live here and nowhere else.
+It is the schema: it imports the package's vocabulary (:mod:`shapshift.constants`), the coercion of typed values
+(:mod:`shapshift.coerce`) and the conditions' declarations, nothing that runs a model. The checks of a config
+against the estimators' registry live in :mod:`shapshift.validation`, above both.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,55 +20,18 @@ from typing import Any
 import yaml
 
 from . import conditions as _conditions
+from .coerce import build, parse_value
+from .constants import (
+    DEFAULT_SCORE,
+    REMOTE_MASKINGS,
+    SCORES,
+    TARGET_CASES,
+    TARGETS,
+    UNITS,
+    is_remote,
+    resolve_masking,
+)
 from .errors import ConfigError
-
-#: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
-MASKINGS = ("attention", "delete", "replace")
-#: What an absent feature is under each masking (and under partition's own, shap's ``Text`` masker), as the report says it.
-MASKING_MEANINGS = {"delete": "left out of the text (the later tokens move up)",
-                    "attention": "hidden from attention (the other tokens keep their positions)",
-                    "replace": "replaced by a stand-in token", "shap_text": 'written as "..." (shap\'s Text masker)'}
-#: The score explained per target token.
-SCORES = ("log_odds", "log_prob")
-#: The default score: the log-probability of each target token, so an output token's values sum (with the base
-#: value) to its log-probability and a generation's to the log-probability of the whole continuation, the
-#: quantity a deletion test and ContextCite measure (``benchmarks/CONTEXTCITE_*.md``). ``log_odds`` is
-#: ``shap.models.TeacherForcing``'s convention.
-DEFAULT_SCORE = "log_prob"
-#: What "absent" means by default: the feature is deleted from the text (later tokens move up), as a reader
-#: removes a word, and the same for a model in this process and one behind an API (``benchmarks/CONTEXTCITE_*.md``,
-#: ``benchmarks/RESULTS.md``'s masking study).
-DEFAULT_MASKING = "delete"
-#: The unit of a SHAP value (and of the base value) under each score, as reports and figures name it.
-SCORE_UNITS = {"log_odds": "log-odds", "log_prob": "log-probability"}
-#: What one feature is: a token, a word (whitespace-delimited, punctuation attached) or a sentence.
-UNITS = ("token", "word", "sentence")
-#: How the reference's casing may be written (``data.target_case``; :mod:`shapshift.formats`).
-TARGET_CASES = ("as_written", "lower", "capitalized")
-#: What each condition explains (``explain.target``; :class:`ExplainConfig`).
-TARGETS = ("baseline", "own", "reference", "contrastive")
-#: The sections of a run configuration (YAML top-level keys besides ``name`` and ``output_dir``).
-SECTIONS = ("model", "data", "generation", "explain", "adapt", "compare")
-#: The default conditions of stage 3 (every registered one: :mod:`shapshift.conditions`).
-CONDITIONS = tuple(_conditions.stage3_names())
-#: A model spec with this prefix names an OpenAI-compatible completions server: ``openai-compatible:http://HOST:PORT/v1``.
-REMOTE_PREFIX = "openai-compatible:"
-#: The maskings a model behind an API allows (attention masking needs the model's attention mask).
-REMOTE_MASKINGS = ("delete", "replace")
-#: ``explain.masking``'s choices: ``auto`` is :data:`DEFAULT_MASKING` for every model (and an estimator's own, e.g.
-#: partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
-EXPLAIN_MASKINGS = ("auto", *MASKINGS)
-
-
-def resolve_masking(masking: str) -> str:
-    """The masking a scorer runs: ``auto`` becomes :data:`DEFAULT_MASKING` (deletion), for a model in this process
-    and one behind an API alike."""
-    return DEFAULT_MASKING if masking == "auto" else masking
-
-
-def is_remote(spec: str) -> bool:
-    """Whether a model spec names a completions server rather than weights."""
-    return spec.strip().startswith(REMOTE_PREFIX)
 
 
 @dataclass
@@ -205,48 +168,21 @@ class ExplainConfig:
         return list(self.methods) if self.methods else [self.method]
 
     def validate(self) -> None:
-        # the estimators' registry (imported here, not with this module: it loads torch) knows the methods
-        from .explainers import registry
-
-        shap_methods, lens_methods = registry.shap_methods(), registry.lens_methods()
-        if self.method not in shap_methods:
-            raise ConfigError(f"explain.method={self.method!r} is unknown.",
-                              f"Choose one of {', '.join(shap_methods)} (SHAP estimators); the lenses "
-                              f"{', '.join(lens_methods)} go in explain.methods after it.")
-        if self.methods is not None:
-            lenses = list(self.methods[1:])
-            bad = [m for m in lenses if m not in lens_methods]
-            if not self.methods or self.methods[0] != self.method or bad or len(set(lenses)) != len(lenses):
-                raise ConfigError(
-                    f"explain.methods={self.methods!r} must start with the SHAP method explain.method={self.method!r} "
-                    f"and then name distinct lenses from {', '.join(lens_methods)}.",
-                    f"Write e.g. explain.methods=[{self.method}, integrated_gradients, attention], or leave it null.")
+        """The values alone; the methods, their options and maskings are checked against the estimators' registry
+        by :func:`shapshift.validation.check_explain` (a layer above both)."""
         if self.score not in SCORES:
             raise ConfigError(f"explain.score={self.score!r} is unknown.", f"Use one of {', '.join(SCORES)}.")
-        registry.check_masking(self.all_methods, self.masking)
         if self.unit not in UNITS:
             raise ConfigError(f"explain.unit={self.unit!r} is unknown.", f"Use one of {', '.join(UNITS)}.")
-        for cls in registry.expand(self.all_methods):
-            if self.unit not in cls.units:
-                raise ConfigError(f"explain.method={cls.name} explains {', '.join(u + 's' for u in cls.units)} only, "
-                                  f"not {self.unit}s.", f"Use explain.unit={cls.units[0]} with {cls.name}, or another "
-                                  "method (auto, kernel, ...).")
-        registry.validate_options(self.all_methods, self.options)
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"explain.batch_size={self.batch_size} must be at least 1.",
                               "Leave it empty (null) to choose it from the device's memory.")
         if self.target not in TARGETS:
             raise ConfigError(f"explain.target={self.target!r} is unknown.", f"Use one of {', '.join(TARGETS)}.")
-        if self.target == "contrastive":
-            if self.score != "log_prob":
-                raise ConfigError("explain.target=contrastive explains log p(reference) - log p(other label), a "
-                                  f"difference of log-probabilities, but explain.score is {self.score!r}.",
-                                  "Set explain.score to log_prob.")
-            cannot = [c.name for c in registry.expand(self.all_methods) if c.needs_weights or not c.uses_scorer]
-            if cannot:
-                raise ConfigError(f"explain.target=contrastive cannot be explained by {', '.join(cannot)}: they score "
-                                  "the target tokens themselves.", "Use auto, exact, quadrature, kernel or sampling, "
-                                  "without lenses in explain.methods.")
+        if self.target == "contrastive" and self.score != "log_prob":
+            raise ConfigError("explain.target=contrastive explains log p(reference) - log p(other label), a "
+                              f"difference of log-probabilities, but explain.score is {self.score!r}.",
+                              "Set explain.score to log_prob.")
         if self.max_evals < 2:
             raise ConfigError("explain.max_evals must be at least 2.")
         if self.precision is not None and not (isinstance(self.precision, int | float) and 0 < self.precision < 1):
@@ -287,7 +223,7 @@ class AdaptConfig:
     List their names in ``conditions`` to explain them.
     """
 
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    conditions: list[str] = field(default_factory=lambda: _conditions.stage3_names())
     instruction: str = "Decide whether the movie review is positive or negative."
     k_shot: int = 4
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -331,7 +267,11 @@ class CompareConfig:
 
 @dataclass
 class RunConfig:
-    """A whole run: its folder is ``output_dir/name``."""
+    """A whole run: its folder is ``output_dir/name``.
+
+    ``validate()`` checks the values and how they fit together; :func:`shapshift.validation.validate` adds the
+    checks against the estimators' registry (``shapshift.load_config`` and every runner call it).
+    """
 
     name: str = "demo"
     output_dir: str = "outputs"
@@ -367,14 +307,6 @@ class RunConfig:
             raise ConfigError(f"adapt.conditions includes {', '.join(weights)}, but {self.model.spec} is a model behind "
                               "an API, whose weights cannot be fine-tuned or changed from here.",
                               f"Drop it: --set adapt.conditions=[{','.join(keep)}].")
-        from .explainers import REGISTRY
-
-        weighted = [m for m in self.explain.all_methods if m in REGISTRY and REGISTRY[m].needs_weights]
-        if weighted:
-            raise ConfigError(f"explain.method(s) includes {', '.join(weighted)}, but {self.model.spec} is a model behind "
-                              "an API: gradients, attention maps and shap's own model wrapper need its weights.",
-                              "Leave explain.methods empty (null) and use a SHAP method such as auto for a remote "
-                              "model; SHAP needs only its scores.")
         if resolve_masking(self.explain.masking) not in REMOTE_MASKINGS:
             raise ConfigError(f"explain.masking={self.explain.masking!r} is not possible for {self.model.spec}: "
                               "attention masking needs the model's attention mask, which an API does not expose.",
@@ -383,8 +315,9 @@ class RunConfig:
     # -- reading -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> RunConfig:
-        """Build and validate from a nested dict (YAML layout); unknown keys are an error."""
-        return _build(cls, values or {}, "").validate()
+        """Build and validate from a nested dict (YAML layout); unknown keys are an error (:func:`validate`'s checks;
+        :func:`shapshift.validation.load_config` also checks the methods against the estimators' registry)."""
+        return build(cls, values or {}, "").validate()
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -462,87 +395,3 @@ def optional_keys() -> set[str]:
     return {k for k, tp in key_types().items() if type(None) in typing.get_args(tp)}
 
 
-def unescape(text: str) -> str:
-    r"""``\n`` and ``\t`` typed as two characters (a shell argument, a form field) become a newline and a tab."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def parse_value(raw: str, *, text: bool = False) -> Any:
-    """A ``--set`` value: YAML (``4``, ``null``, ``[a, b]``, ``"quoted"``), else the plain text itself.
-
-    Text that is not valid YAML (``Review: {input}\nSentiment:`` reads as a broken mapping) is taken
-    as written, with ``\n`` and ``\t`` typed as two characters turned into a newline and a tab.
-    ``text``: the key holds text (a template, an instruction, a path): the value is taken as typed
-    (``\n`` a newline) unless it is quoted (then YAML reads it) or ``null``/``~`` (none), so that
-    ``Review: {input}`` or ``yes`` are not read as a mapping or a boolean.
-    """
-    if not raw.strip():
-        return None
-    if text and raw.strip() not in ("null", "~", "Null", "NULL") and raw.strip()[0] not in "\"'":
-        return unescape(raw)
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return unescape(raw)
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"Config section {where or 'top level'} must be a mapping, got {values!r}.")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(
-            f"Unknown config key(s) {', '.join(where + k for k in unknown)}.",
-            f"Valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(sorted(names))}.",
-        )
-    kwargs = {}
-    for name, value in values.items():
-        kwargs[name] = _coerce(hints[name], value, where + name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    if origin is list:
-        if isinstance(value, (str, int, float)):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"Config key {key} must be a list, got {value!r}.")
-        return [_coerce(args[0], v, key) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"Config key {key} must be a mapping, got {value!r}.")
-        if args and args[1] is Any:  # typed later (explain.options: by each estimator's Options)
-            return {str(k): v for k, v in value.items()}
-        return {str(k): str(v) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        if not isinstance(value, bool):
-            raise ConfigError(f"Config key {key} must be true or false, got {value!r}.")
-        return value
-    if tp in (int, float):
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            out = tp(value)
-            if tp is int and float(value) != out:
-                raise ValueError
-            return out
-        except (TypeError, ValueError):
-            raise ConfigError(f"Config key {key} must be a number ({tp.__name__}), got {value!r}.") from None
-    if tp is str:
-        if value is None or isinstance(value, (dict, list)):
-            raise ConfigError(f"Config key {key} must be text, got {value!r}.")
-        return str(value)
-    return value

@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import stages
-from .config import RunConfig, apply_overrides, config_keys, optional_keys, text_keys, unescape
+from .coerce import unescape
+from .config import RunConfig, apply_overrides, config_keys, optional_keys, text_keys
 from .errors import ConfigError
 from .store import RunStore
+from .validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,7 @@ def config_from_form(form: Mapping[str, Any], runs_dir: str | os.PathLike | None
     values = _nest({key: field_value(key, f[name]) for name, key in FIELD_KEYS.items()})
     values["name"] = _text(f["run_name"])
     values["output_dir"] = str(runs_dir if runs_dir is not None else _text(f["run_root"]))
-    return RunConfig.from_dict(apply_overrides(values, parse_overrides(f["extra_settings"])))
+    return validate(RunConfig.from_dict(apply_overrides(values, parse_overrides(f["extra_settings"]))))
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -219,7 +221,7 @@ def resolve_config(form_cfg: RunConfig, stage: str) -> tuple[RunConfig, list[tup
         base[section] = form[section]
     base["name"], base["output_dir"] = form["name"], form["output_dir"]
     base["model"]["device"] = form["model"]["device"]
-    cfg = RunConfig.from_dict(base)
+    cfg = validate(RunConfig.from_dict(base))
     used, given = _flatten(cfg.to_dict()), _flatten(form)
     overridden = [(k, given[k], used[k]) for k in given if given[k] != used.get(k)]
     return cfg, overridden
@@ -292,7 +294,7 @@ FORM_TITLE = "#@title Settings (the same form in all four notebooks; a field is 
 
 
 def _param(name: str, value: Any) -> str:
-    from .config import EXPLAIN_MASKINGS, TARGET_CASES, TARGETS, UNITS
+    from .constants import EXPLAIN_MASKINGS, TARGET_CASES, TARGETS, UNITS
     from .explainers import shap_methods
 
     choices = {**FIELD_CHOICES, "explain_method": (list(shap_methods()), False),

@@ -28,7 +28,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .backoff import halving
-from .config import TARGET_CASES, DataConfig
+from .config import DataConfig
+from .constants import TARGET_CASES
 from .generation import generate
 from .models import model_device
 from .prompting import Demonstration, build_prompt, encode_prompt

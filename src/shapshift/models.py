@@ -27,7 +27,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import ModelConfig, is_remote
+from .config import ModelConfig
+from .constants import is_remote
 from .errors import ModelError
 from .store import honour_umask
 

@@ -21,9 +21,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import conditions, parallel, stages
+from . import adapt, conditions, parallel, stages
 from .conditions import BASELINE, NOISE_FLOOR
-from .config import RunConfig, resolve_masking
+from .config import RunConfig
+from .constants import resolve_masking
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
 from .explainers.registry import masking_used
@@ -39,6 +40,7 @@ from .store import (
     package_versions,
     save_explanations,
 )
+from .validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +228,7 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
     """
     store = open_store(cfg)
     rows = explain_rows(store)
-    parts = conditions.base_parts(rows)
+    parts = adapt.base_parts(rows)
     if not resume:
         invalidate_from(store, "explain", because="explain starts afresh", partial=True)
     invalidate_from(store, "adapt", because="explain is redone")
@@ -299,7 +301,7 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
         for condition in cfg.adapt.conditions:
             cond = conditions.get(condition, cfg)
             with store.timed(f"adapt:{condition}") as info:
-                cond_model, parts = cond.setup(conditions.Setup(cfg, store, model, tokenizer, data, rows, info, resume))
+                cond_model, parts = adapt.setup_of(cond, cfg)(adapt.Setup(cfg, store, model, tokenizer, data, rows, info, resume))
                 own = parallel.from_main(generate_and_score, cond_model, tokenizer, rows, parts, condition, cfg)
                 targets = _condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
                 gens = own if cfg.explain.target == "own" else parallel.from_main(
@@ -404,6 +406,7 @@ def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = 
     ``loader``: ``cfg -> (model, tokenizer)`` (default :func:`load_run_model`; the notebooks pass one
     that keeps the model between cells).
     """
+    validate(cfg)
     fresh = fresh or not resume
     todo = [stages.get(s) for s in stages_to_run]
     store = RunStore(cfg.run_dir)

@@ -50,13 +50,8 @@ from .compare import (  # noqa: E402
     load_condition,
 )
 from .conditions import BASELINE, NOISE_FLOOR  # noqa: E402
-from .config import (  # noqa: E402
-    MASKING_MEANINGS,
-    SCORE_UNITS,
-    CompareConfig,
-    ExplainConfig,
-    resolve_masking,
-)
+from .config import CompareConfig, ExplainConfig  # noqa: E402
+from .constants import MASKING_MEANINGS, SCORE_UNITS, resolve_masking  # noqa: E402
 from .errors import ArtifactError  # noqa: E402
 from .formats import check_summary  # noqa: E402
 from .movement_views import movement_figure  # noqa: E402

@@ -31,7 +31,7 @@ Masking (``masking=``), i.e. what "feature absent" means:
   tokens, with their original ``position_ids``), which gives the same scores for fewer tokens;
   models with local/sliding-window attention, whose windows count sequence slots rather than
   positions, keep the masked tokens in place, hidden by the attention mask.
-- ``delete`` (the default, :data:`shapshift.config.DEFAULT_MASKING`): masked tokens are removed and later
+- ``delete`` (the default, :data:`shapshift.constants.DEFAULT_MASKING`): masked tokens are removed and later
   tokens move up, as in a shortened text (rows are right-padded, so no real token sees a pad, and each
   row's target logits are gathered where it ends).
 - ``replace``: masked tokens are replaced by ``mask_token_id`` (the pad token by default).
@@ -61,7 +61,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .backoff import is_oom, smaller
-from .config import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, SCORES
+from .constants import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, SCORES
 from .models import model_device
 from .prompting import EncodedPrompt
 

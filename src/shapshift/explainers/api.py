@@ -12,7 +12,8 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import ExplainConfig, GenerationConfig, resolve_masking
+from ..config import ExplainConfig, GenerationConfig
+from ..constants import resolve_masking
 from ..errors import ConfigError, ShapshiftError
 from ..generation import generate
 from ..models import check_fits_context
@@ -29,6 +30,7 @@ from .progress import ProgressScorer, planned_evals, warn_blank_targets, warn_pr
 from .registry import (
     REGISTRY,
     auto_budget,  # noqa: F401  (auto's policy lives in the registry; read from here too)
+    check_explain,
     check_installed,
     choose_method,
     lens_methods,
@@ -265,9 +267,9 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     """
     # the run configuration's validation; a lens's options are checked against the lens alone
     lens = method in lens_methods()
-    ExplainConfig(method=_EX.method if lens else method, score=score, masking=masking, max_evals=max_evals,
-                  batch_size=batch_size, seed=seed, precision=precision, unit=unit,
-                  options={} if lens else dict(options or {})).validate()
+    check_explain(ExplainConfig(method=_EX.method if lens else method, score=score, masking=masking,
+                                max_evals=max_evals, batch_size=batch_size, seed=seed, precision=precision, unit=unit,
+                                options={} if lens else dict(options or {})))
     if lens:
         validate_options([method], dict(options or {}))
         check_installed([method])
@@ -296,7 +298,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
     if contrasts is not None and len(contrasts) != len(texts):
         raise ConfigError(f"{len(contrasts)} contrasts for {len(texts)} texts.", "Pass one contrast per text, or None.")
     if contrasts is not None:
-        ExplainConfig(method=method, score=score, target="contrastive").validate()
+        check_explain(ExplainConfig(method=method, score=score, target="contrastive"))
     foils = [None] * len(texts) if contrasts is None else \
         [list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contrasts]
     tasks = [make_task(model, tokenizer, p, t, input_ids=e.input_ids, score=score, masking=masking, batch_size=batch_size,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import DEFAULT_MASKING, DEFAULT_SCORE
+from ..constants import DEFAULT_MASKING, DEFAULT_SCORE
 from ..errors import ConfigError
 from ..prompting import EncodedPrompt, PromptParts, token_strings
 from ..scoring import make_scorer

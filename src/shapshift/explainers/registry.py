@@ -29,7 +29,9 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from ..config import MASKINGS, UNITS
+from ..coerce import coerce
+from ..config import ExplainConfig
+from ..constants import MASKINGS, UNITS
 from ..errors import ConfigError
 
 
@@ -69,15 +71,13 @@ class Estimator:
     @classmethod
     def make_options(cls, values: Mapping[str, Any], *, strict: bool = True) -> Any:
         """The :attr:`Options` from ``values`` (text coerced to each field's type); ``strict``: unknown keys are an error."""
-        from ..config import _coerce  # noqa: PLC0415 - the run configuration's own coercion of typed values
-
         names = cls.option_names()
         unknown = sorted(set(values) - set(names))
         if unknown and strict:
             raise ConfigError(f"method={cls.name!r} has no option(s) {', '.join(map(repr, unknown))}.",
                               f"Its options are: {describe_options(cls) or 'none'}.")
         hints = typing.get_type_hints(cls.Options)
-        return cls.Options(**{k: _coerce(hints[k], v, f"explain.options.{k}") for k, v in values.items() if k in names})
+        return cls.Options(**{k: coerce(hints[k], v, f"explain.options.{k}") for k, v in values.items() if k in names})
 
     @classmethod
     def auto_budget(cls, n_features: int, max_evals: int) -> int:
@@ -237,3 +237,35 @@ def masking_used(method: str, masking: str) -> str:
     if cls is None or cls.maskings is None or masking in cls.maskings:
         return masking
     return cls.maskings[0]
+
+
+def check_explain(ex: ExplainConfig) -> None:
+    """Raise a :class:`ConfigError` unless ``explain``'s methods, lenses, masking, unit and options fit the registered
+    estimators (the values alone: :meth:`ExplainConfig.validate`, run first)."""
+    ex.validate()
+    shaps, lenses = shap_methods(), lens_methods()
+    if ex.method not in shaps:
+        raise ConfigError(f"explain.method={ex.method!r} is unknown.",
+                          f"Choose one of {', '.join(shaps)} (SHAP estimators); the lenses "
+                          f"{', '.join(lenses)} go in explain.methods after it.")
+    if ex.methods is not None:
+        named = list(ex.methods[1:])
+        bad = [m for m in named if m not in lenses]
+        if not ex.methods or ex.methods[0] != ex.method or bad or len(set(named)) != len(named):
+            raise ConfigError(
+                f"explain.methods={ex.methods!r} must start with the SHAP method explain.method={ex.method!r} "
+                f"and then name distinct lenses from {', '.join(lenses)}.",
+                f"Write e.g. explain.methods=[{ex.method}, integrated_gradients, attention], or leave it null.")
+    check_masking(ex.all_methods, ex.masking)
+    for cls in expand(ex.all_methods):
+        if ex.unit not in cls.units:
+            raise ConfigError(f"explain.method={cls.name} explains {', '.join(u + 's' for u in cls.units)} only, "
+                              f"not {ex.unit}s.", f"Use explain.unit={cls.units[0]} with {cls.name}, or another "
+                              "method (auto, kernel, ...).")
+    validate_options(ex.all_methods, ex.options)
+    if ex.target == "contrastive":
+        cannot = [c.name for c in expand(ex.all_methods) if c.needs_weights or not c.uses_scorer]
+        if cannot:
+            raise ConfigError(f"explain.target=contrastive cannot be explained by {', '.join(cannot)}: they score "
+                              "the target tokens themselves.", "Use auto, exact, quadrature, kernel or sampling, "
+                              "without lenses in explain.methods.")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import REMOTE_PREFIX
+from ..constants import REMOTE_PREFIX
 from ..errors import ConfigError, ModelError
 from .client import CompletionsClient, HTTPStatusError, Usage
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, REMOTE_MASKINGS, SCORES
+from ..constants import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, REMOTE_MASKINGS, SCORES
 from ..errors import ConfigError
 from ..scoring import scores_from_logprobs
 
