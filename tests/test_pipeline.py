@@ -436,7 +436,7 @@ def test_bar_charts_carry_the_estimators_error_bars(tmp_path):
     tokens as independent errors (checked against a direct computation); no bars without error_std."""
     import shap
 
-    from shapshift.report import aggregate_error, plot_example_tokens
+    from shapshift.report_plots import aggregate_error, plot_example_tokens
 
     rng = np.random.default_rng(0)
     values, err = rng.normal(size=(6, 3)), rng.uniform(0.01, 0.3, size=(6, 3))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import aggregation as agg
 from . import conditions as conds
 from . import movement, shift
 from . import overlap as ov
@@ -119,7 +120,7 @@ def _common_ids(exps_a: Explanations, exps_b: Explanations, pair: tuple[str, str
 
 
 def _check_features(ex_id: int, exp_a: Any, exp_b: Any, pair: tuple[str, str]) -> None:
-    na, nb = ov.explanation_values(exp_a).shape[0], ov.explanation_values(exp_b).shape[0]
+    na, nb = agg.explanation_values(exp_a).shape[0], agg.explanation_values(exp_b).shape[0]
     if na != nb:
         raise ArtifactError(
             f"Example {ex_id} has {na} input tokens in {pair[0]} but {nb} in {pair[1]}: overlap needs the same features.",
@@ -144,7 +145,7 @@ def compare_pair(exps_a: Explanations, exps_b: Explanations, pair: tuple[str, st
         _check_features(ex_id, ea, eb, pair)
         rows += [{"example_id": ex_id, **r} for r in ov.explanation_rows(
             ea, eb, cfg.ks, how=cfg.aggregate, top_fraction=top_fraction, rbo_p=rbo_p)]
-        curve = ov.overlap_curve(ov.aggregate(ea, cfg.aggregate), ov.aggregate(eb, cfg.aggregate))
+        curve = ov.overlap_curve(agg.aggregate(ea, cfg.aggregate), agg.aggregate(eb, cfg.aggregate))
         curves.append(pd.DataFrame({"example_id": ex_id, "k": np.arange(1, curve.size + 1), "n_features": curve.size,
                                     "value": curve}))
     table = pd.DataFrame(rows, columns=["example_id", *ov.COMPARE_COLUMNS])

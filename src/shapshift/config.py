@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from . import conditions as _conditions
+from .aggregation import AGGREGATIONS
 from .coerce import build, parse_value
 from .constants import (
     DEFAULT_SCORE,
@@ -261,8 +262,8 @@ class CompareConfig:
             raise ConfigError("compare.ks must all be at least 1.")
         if not 0 < self.top_fraction <= 1 or not 0 < self.rbo_p < 1:
             raise ConfigError("compare.top_fraction must be in (0, 1] and compare.rbo_p in (0, 1).")
-        if self.aggregate not in ("sum", "mean_abs"):
-            raise ConfigError(f"compare.aggregate={self.aggregate!r} is unknown.", "Use sum or mean_abs.")
+        if self.aggregate not in AGGREGATIONS:
+            raise ConfigError(f"compare.aggregate={self.aggregate!r} is unknown.", f"Use {' or '.join(AGGREGATIONS)}.")
 
 
 @dataclass

@@ -164,7 +164,7 @@ def text_plots_html(run_dir: str | os.PathLike, conditions: Sequence[str] | None
     cells (None). Colours are valid CSS under numpy 2 (:func:`shapshift.textplot.text_plot_html`).
     """
     from .compare import available_conditions, load_condition
-    from .report import score_unit
+    from .figures import score_unit
 
     store = RunStore(run_dir)
     found = [c for c in available_conditions(store) if c != NOISE_FLOOR]
@@ -209,7 +209,7 @@ def top_tokens_table(run_dir: str | os.PathLike, conditions: Sequence[str] | Non
     """The ``top`` input tokens by |value summed over generated tokens|, per example and condition."""
     import numpy as np
 
-    from . import overlap as ov
+    from .aggregation import aggregate
     from .compare import available_conditions, load_condition
 
     store = RunStore(run_dir)
@@ -220,7 +220,7 @@ def top_tokens_table(run_dir: str | os.PathLike, conditions: Sequence[str] | Non
         exps = load_condition(store, c)
         for ex_id in sorted(exps)[:n_examples]:
             e = exps[ex_id]
-            agg = ov.aggregate(ov.explanation_values(e), "sum")
+            agg = aggregate(e, "sum")
             best = np.argsort(-np.abs(agg), kind="stable")[:top]
             rows.append({"example_id": ex_id, "condition": label(c),
                          "top tokens (value)": ", ".join(f"{str(e.data[i])!r} {agg[i]:+.2f}" for i in best)})
@@ -255,7 +255,8 @@ def loss_figure(record: Mapping[str, Any]) -> Any:
     """The report's loss figure (:func:`shapshift.report.finetune_loss_figure`) as an IPython PNG image."""
     from IPython.display import Image
 
-    from .report import figure_png, finetune_loss_figure
+    from .figures import figure_png
+    from .report_plots import finetune_loss_figure
 
     return Image(data=figure_png(finetune_loss_figure(dict(record))), format="png")
 
@@ -264,13 +265,15 @@ def loss_figure(record: Mapping[str, Any]) -> Any:
 def overlap_tables(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The headline of ``04_summary.csv`` (each condition vs the baseline) and the run's notes."""
     from .compare import STAGE
-    from .report import METRIC_LABELS, headline, read_summary
+    from .overlap import metric_label
+    from .report import headline
+    from .report_plots import read_summary
 
     store = RunStore(run_dir)
     summary = read_summary(store)
     head = headline(summary).copy()
     table = pd.DataFrame({
-        "condition": head["condition_b"].map(label), "metric": head["metric"].map(lambda m: METRIC_LABELS.get(m, m)),
+        "condition": head["condition_b"].map(label), "metric": head["metric"].map(metric_label),
         "k": head["k_spec"], "mean": head["mean"].round(3),
         "95% CI": [f"[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else "—" for lo, hi in zip(head["ci_low"], head["ci_high"])],
         "n": head["n"], "noise floor": head["noise_floor_mean"].round(3),

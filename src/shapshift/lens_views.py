@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import conditions
 from .conditions import BASELINE, NOISE_FLOOR
+from .figures import condition_label, figure_png, img_html, save_figure
 from .lenses import LENSES_SUMMARY_FILE, load_lens, read_lens_summary, stored_lenses
 from .store import RunStore
 
@@ -31,8 +32,6 @@ KIND_TITLES = {"agreement": "explanation: lens vs SHAP", "shift": "shift from th
 def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
     """Draw ``figures/lenses_agreement.png`` from a lens summary (:func:`shapshift.lenses.summarize_lenses`)."""
     import matplotlib.pyplot as plt
-
-    from .report import _label, save_figure
 
     rho = summary[(summary["metric"] == "spearman") & (summary["method"] != "shap")]
     lenses = sorted(rho["method"].unique())
@@ -50,7 +49,7 @@ def plot_lens_agreement(summary: pd.DataFrame, store: RunStore) -> Path:
         ax.scatter(np.arange(len(conds)), floors, marker="_", s=900, color="black", zorder=3,
                    label="SHAP vs its rerun (noise floor)")
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(np.arange(len(conds)), [_label(c) for c in conds])
+        ax.set_xticks(np.arange(len(conds)), [condition_label(c) for c in conds])
         ax.set_title(KIND_TITLES[kind])
         ax.set_ylim(-1.05, 1.05)
         ax.grid(axis="y", alpha=0.3)
@@ -99,8 +98,6 @@ def _fmt(x: Any) -> str:
 
 def lens_table_html(summary: pd.DataFrame) -> str:
     """Per condition × lens: ρ with SHAP and top-k overlap, of the explanation and of the shift, with the floor."""
-    from .report import _label
-
     rows = []
     part = summary[summary["method"] != "shap"]
     for _, r in part.sort_values(["kind", "condition", "method"], key=lambda s: s.map(
@@ -108,7 +105,7 @@ def lens_table_html(summary: pd.DataFrame) -> str:
         what = "ρ" if r["metric"] == "spearman" else f"top-{r['k_spec']} overlap"
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         p = r["wilcoxon_p"]
-        rows.append(f"<tr><td class=l>{html.escape(_label(r['condition']))}</td><td class=l>{r['kind']}</td>"
+        rows.append(f"<tr><td class=l>{html.escape(condition_label(r['condition']))}</td><td class=l>{r['kind']}</td>"
                     f"<td class=l>{html.escape(LENS_LABELS.get(r['method'], r['method']))}</td><td class=l>{what}</td>"
                     f"<td>{_fmt(r['mean'])}</td><td>{ci}</td><td>{int(r['n'])}</td><td>{_fmt(r['floor_mean'])}</td>"
                     f"<td>{'—' if not np.isfinite(p) else f'{p:.3f}'}</td></tr>")
@@ -119,8 +116,6 @@ def lens_table_html(summary: pd.DataFrame) -> str:
 
 def report_section(run_dir: str | Path) -> str:
     """The report's section "Do cheaper methods see the same change?" ("" for a run without lenses)."""
-    from .report import _img
-
     store = RunStore(run_dir)
     summary = read_lens_summary(run_dir)
     if summary is None or summary.empty:
@@ -143,7 +138,7 @@ per-token changes, with their signs). The black tick is SHAP's agreement with it
 differs (the baseline explained again with another seed): a lens there agrees with SHAP as well as SHAP agrees with
 itself; a lens near 0 sees something else. These values are not Shapley values: efficiency does not hold for them
 (see the README's section on the lenses).</p>
-{_img(fig, "lens agreement with SHAP")}
+{img_html(fig, "lens agreement with SHAP")}
 <ul>{noise}</ul><p>Time per example:</p><ul>{times}</ul>
 <p>How far the gradient values are from adding up to the score's change from their reference input
 (integrated gradients: its completeness gap against the pad-token reference, which shrinks with more steps;
@@ -211,8 +206,6 @@ def show_lens_views(run_dir: str | Path, conditions: tuple[str, ...] = (BASELINE
         fig = attention_heatmap(run_dir, c)
         if fig is not None:  # as PNG: the report module switches matplotlib to Agg, which has no inline display
             from IPython.display import Image
-
-            from .report import figure_png
 
             display(Image(data=figure_png(fig), format="png"))
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import aggregation as agg
 from . import conditions
 from . import overlap as ov
 from .compare import available_conditions
@@ -73,7 +74,7 @@ def stored_lenses(store: RunStore) -> list[str]:
 
 # -- per example ------------------------------------------------------------------------------------
 def agreement_metrics(a: np.ndarray, b: np.ndarray, ks: Sequence[int], top_fraction: float) -> list[dict[str, Any]]:
-    """Spearman ρ of ``|a|`` and ``|b|``, and top-k overlap at each k of :func:`overlap.k_specs`; 1-D vectors."""
+    """The lenses' metrics of ``|a|`` and ``|b|`` (Spearman ρ, top-k overlap at each k of :func:`overlap.k_specs`); 1-D."""
     return _metrics(a, b, ks, top_fraction, by="abs")
 
 
@@ -83,11 +84,14 @@ def shift_metrics(da: np.ndarray, db: np.ndarray, ks: Sequence[int], top_fractio
 
 
 def _metrics(a, b, ks, top_fraction, by: str) -> list[dict[str, Any]]:
-    n = len(a)
-    out = [{"metric": "spearman", "k_spec": "all", "k": n, "value": ov.spearman(a, b, by=by)}]
+    """The lenses' metrics (:data:`shapshift.overlap.METRICS` entries with ``in_lenses``): those over all features
+    first, then those at each k."""
+    n, pair = len(a), ov.Pair(np.asarray(a, float), np.asarray(b, float), by=by)
+    metrics = [m for m in ov.METRICS.values() if m.in_lenses]
+    out = [{"metric": m.name, "k_spec": "all", "k": n, "value": m.compute(pair, None)} for m in metrics if not m.at_k]
     for spec in ov.k_specs(ks, top_fraction):
         k = ov.fraction_k(n, top_fraction) if spec.endswith("%") else ov.clip_k(int(spec), n)
-        out.append({"metric": "feature_agreement", "k_spec": spec, "k": k, "value": ov.feature_agreement(a, b, k)})
+        out += [{"metric": m.name, "k_spec": spec, "k": k, "value": m.compute(pair, k)} for m in metrics if m.at_k]
     return out
 
 
@@ -138,10 +142,10 @@ def lens_table(store: RunStore, lenses: Sequence[str], cfg: CompareConfig) -> pd
     by_lens = {m: {c: load_lens(store, c, m) for c in conditions if c != NOISE_FLOOR} for m in lenses}
     rows = []
     for ex_id in sorted(shap.get(BASELINE, {})):
-        s = {c: ov.aggregate(e[ex_id], cfg.aggregate) for c, e in shap.items() if ex_id in e}
+        s = {c: agg.aggregate(e[ex_id], cfg.aggregate) for c, e in shap.items() if ex_id in e}
         ex_rows = shift_to_noise(s)
         for m, exps in by_lens.items():
-            lv = {c: ov.aggregate(e[ex_id], cfg.aggregate) for c, e in exps.items() if ex_id in e}
+            lv = {c: agg.aggregate(e[ex_id], cfg.aggregate) for c, e in exps.items() if ex_id in e}
             if BASELINE not in lv:
                 continue
             ex_rows += example_rows(s, lv, m, cfg.ks, cfg.top_fraction)

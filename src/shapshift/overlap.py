@@ -27,26 +27,27 @@ Conventions (the same in every function):
   ``n`` items, agreement at depth ``n`` is 1, so ``RBO_ext = (1-p) Σ_{d=1..n} p^{d-1} A_d + p^n``:
   identical rankings give exactly 1, and the minimum for ``n`` features is above 0.
 
-Metric names used in tables: ``feature_agreement`` (the top-k "explanation overlap"),
-``rank_agreement``, ``sign_agreement``, ``signed_rank_agreement``, ``jaccard`` (all at a k), and
-``spearman``, ``kendall``, ``pairwise_rank_agreement``, ``cosine``, ``rbo`` (over all features).
+The metrics are declared in :data:`METRICS` (:class:`Metric`: name, label, range, direction, whether it is
+evaluated at each k, whether the report's headline and the lenses show it). Compare, the lenses and the report
+iterate it: a new metric is one :func:`register_metric` call. Built in: ``feature_agreement`` (the top-k
+"explanation overlap"), ``rank_agreement``, ``sign_agreement``, ``signed_rank_agreement``, ``jaccard`` (all at a
+k), and ``spearman``, ``kendall``, ``pairwise_rank_agreement``, ``cosine``, ``rbo`` (over all features).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats as _sstats
 
-#: Metrics evaluated at a k (top-k sets).
-TOPK_METRICS = ("feature_agreement", "rank_agreement", "sign_agreement", "signed_rank_agreement", "jaccard")
-#: Metrics over all features (no k).
-GLOBAL_METRICS = ("spearman", "kendall", "pairwise_rank_agreement", "cosine", "rbo")
-METRICS = TOPK_METRICS + GLOBAL_METRICS
+from .aggregation import aggregate, explanation_values
+
 #: Default fraction of the features for the length-adaptive k (k = ceil(0.2 n), at least 1).
 TOP_FRACTION = 0.2
 #: Default persistence of rank-biased overlap (the weight of the top d ranks is 1 - p^d).
@@ -127,45 +128,47 @@ def topk_counts(a: Any, b: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _at_k(counts: dict[str, np.ndarray], k: int) -> dict[str, float]:
-    """The five top-k metrics at (clipped) ``k`` from :func:`topk_counts`."""
+def _share(counts: dict[str, np.ndarray], key: str, k: int) -> float:
+    """``counts[key]`` at (clipped) ``k`` over k; NaN without features."""
     n = counts["common"].size
     if n == 0:
-        return dict.fromkeys(TOPK_METRICS, math.nan)
+        return math.nan
+    k = clip_k(k, n)
+    return float(counts[key][k - 1]) / k
+
+
+def _jaccard(counts: dict[str, np.ndarray], k: int) -> float:
+    n = counts["common"].size
+    if n == 0:
+        return math.nan
     k = clip_k(k, n)
     c = float(counts["common"][k - 1])
-    return {
-        "feature_agreement": c / k,
-        "rank_agreement": float(counts["same_rank"][k - 1]) / k,
-        "sign_agreement": float(counts["common_same_sign"][k - 1]) / k,
-        "signed_rank_agreement": float(counts["same_rank_sign"][k - 1]) / k,
-        "jaccard": c / (2 * k - c),
-    }
+    return c / (2 * k - c)
 
 
 def feature_agreement(a: Any, b: Any, k: int) -> float:
     """Top-k overlap ``|T_a ∩ T_b| / k`` in [0, 1] (k clipped to n): the explanation overlap."""
-    return _at_k(topk_counts(a, b), k)["feature_agreement"]
+    return _share(topk_counts(a, b), "common", k)
 
 
 def rank_agreement(a: Any, b: Any, k: int) -> float:
     """Fraction of the k top ranks holding the same feature in both rankings, in [0, 1]."""
-    return _at_k(topk_counts(a, b), k)["rank_agreement"]
+    return _share(topk_counts(a, b), "same_rank", k)
 
 
 def sign_agreement(a: Any, b: Any, k: int) -> float:
     """Features in both top-k sets with the same sign, over k, in [0, 1]."""
-    return _at_k(topk_counts(a, b), k)["sign_agreement"]
+    return _share(topk_counts(a, b), "common_same_sign", k)
 
 
 def signed_rank_agreement(a: Any, b: Any, k: int) -> float:
     """Top ranks with the same feature and the same sign in both, over k, in [0, 1]."""
-    return _at_k(topk_counts(a, b), k)["signed_rank_agreement"]
+    return _share(topk_counts(a, b), "same_rank_sign", k)
 
 
 def jaccard(a: Any, b: Any, k: int) -> float:
     """Jaccard index of the top-k sets ``|T_a ∩ T_b| / |T_a ∪ T_b|``, in [0, 1]."""
-    return _at_k(topk_counts(a, b), k)["jaccard"]
+    return _jaccard(topk_counts(a, b), k)
 
 
 def overlap_curve(a: Any, b: Any) -> np.ndarray:
@@ -257,30 +260,74 @@ def _rbo_from_curve(curve: np.ndarray, p: float) -> float:
     return float(min(1.0, curve[-1] * p**n + np.dot(weights, curve)))
 
 
-# -- explanations ---------------------------------------------------------------------------------
-def explanation_values(exp: Any) -> np.ndarray:
-    """The ``(n_in, n_out)`` float64 value matrix of a ``shap.Explanation`` (or an array); 1-D becomes ``(n_in, 1)``."""
-    values = np.asarray(getattr(exp, "values", exp), dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    if values.ndim != 2:
-        raise ValueError(f"explanation values must be (n_in, n_out), got shape {values.shape}.")
-    return values
+# -- the registry of metrics -----------------------------------------------------------------------
+@dataclass
+class Pair:
+    """Two attribution vectors ``(n,)`` compared by every metric, with what several metrics share computed once."""
+
+    a: np.ndarray
+    b: np.ndarray
+    rbo_p: float = RBO_P
+    by: str = "abs"  # what the rank correlations rank: |value| or the signed values
+
+    @cached_property
+    def counts(self) -> dict[str, np.ndarray]:
+        return topk_counts(self.a, self.b)
 
 
-def aggregate(values: Any, how: str = "sum") -> np.ndarray:
-    """One value per input token from a ``(n_in, n_out)`` matrix: shape ``(n_in,)``.
+@dataclass(frozen=True)
+class Metric:
+    """One agreement metric of two explanations, declared once.
 
-    ``how="sum"``: the sum over generated tokens (score units, e.g. log-odds of the whole output;
-    signed, so efficiency carries over); ``"mean_abs"``: the mean ``|value|`` over generated tokens
-    (non-negative: how much a token matters to the output regardless of direction).
+    ``compute(pair, k)``: the value for a :class:`Pair` (``k`` is the top-k size when ``at_k``, else None);
+    ``lo``/``hi``: its range; ``higher_is_similar``: its direction; ``headline``: the report shows it first;
+    ``in_lenses``: the lenses' comparison with SHAP uses it; ``label``: how tables and figures name it.
     """
-    values = explanation_values(values)
-    if how == "sum":
-        return values.sum(axis=1)
-    if how == "mean_abs":
-        return np.abs(values).mean(axis=1)
-    raise ValueError(f"aggregate how={how!r} is not 'sum' or 'mean_abs'.")
+
+    name: str
+    label: str
+    compute: Callable[[Pair, int | None], float]
+    at_k: bool = False
+    lo: float = 0.0
+    hi: float = 1.0
+    higher_is_similar: bool = True
+    headline: bool = False
+    in_lenses: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric`` (its name must be new): every later comparison, the summary and the report carry it."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered already")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def metric_label(name: str) -> str:
+    """How tables and figures name a metric (its name when unregistered, e.g. from an older run)."""
+    return METRICS[name].label if name in METRICS else name
+
+
+for _m in (
+    Metric("feature_agreement", "top-k overlap", lambda p, k: _share(p.counts, "common", k), at_k=True,
+           headline=True, in_lenses=True),
+    Metric("rank_agreement", "rank agreement", lambda p, k: _share(p.counts, "same_rank", k), at_k=True),
+    Metric("sign_agreement", "sign agreement", lambda p, k: _share(p.counts, "common_same_sign", k), at_k=True),
+    Metric("signed_rank_agreement", "signed rank agreement", lambda p, k: _share(p.counts, "same_rank_sign", k),
+           at_k=True),
+    Metric("jaccard", "Jaccard of top-k", lambda p, k: _jaccard(p.counts, k), at_k=True),
+    Metric("spearman", "Spearman ρ of |value|", lambda p, k: spearman(p.a, p.b, by=p.by), lo=-1.0, headline=True,
+           in_lenses=True),
+    Metric("kendall", "Kendall τ of |value|", lambda p, k: kendall(p.a, p.b, by=p.by), lo=-1.0),
+    Metric("pairwise_rank_agreement", "pairwise rank agreement", lambda p, k: pairwise_rank_agreement(p.a, p.b, by=p.by)),
+    Metric("cosine", "cosine similarity", lambda p, k: cosine_similarity(p.a, p.b), lo=-1.0),
+    Metric("rbo", "rank-biased overlap", lambda p, k: _rbo_from_curve(
+        p.counts["common"] / np.arange(1, p.counts["common"].size + 1), p.rbo_p), headline=True),
+):
+    register_metric(_m)
 
 
 def k_specs(ks: Iterable[int], top_fraction: float | None = TOP_FRACTION) -> list[str]:
@@ -304,18 +351,13 @@ def compare_vectors(a: Any, b: Any, ks: Sequence[int] = (1, 3, 5), *, top_fracti
     chosen: list[tuple[str, int]] = [(str(k), int(k)) for k in sorted({int(k) for k in ks})]
     if top_fraction:
         chosen.append((k_specs([], top_fraction)[0], fraction_k(n, top_fraction)))
-    counts = topk_counts(a, b)
+    pair = Pair(a, b, rbo_p=rbo_p)
     rows: list[dict[str, Any]] = []
     for spec, k in chosen:
-        k_used = clip_k(k, n)
-        rows += [{"metric": name, "k_spec": spec, "k": k, "k_used": k_used, "n_features": n, "value": value}
-                 for name, value in _at_k(counts, k).items()]
-    common = counts["common"] / np.arange(1, n + 1) if n else np.zeros(0)
-    glob = {"spearman": spearman(a, b), "kendall": kendall(a, b),
-            "pairwise_rank_agreement": pairwise_rank_agreement(a, b),
-            "cosine": cosine_similarity(a, b), "rbo": _rbo_from_curve(common, rbo_p)}
-    rows += [{"metric": name, "k_spec": "all", "k": None, "k_used": None, "n_features": n, "value": value}
-             for name, value in glob.items()]
+        rows += [{"metric": m.name, "k_spec": spec, "k": k, "k_used": clip_k(k, n), "n_features": n,
+                  "value": m.compute(pair, k)} for m in METRICS.values() if m.at_k]
+    rows += [{"metric": m.name, "k_spec": "all", "k": None, "k_used": None, "n_features": n, "value": m.compute(pair, None)}
+             for m in METRICS.values() if not m.at_k]
     return rows
 
 

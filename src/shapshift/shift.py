@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from . import aggregation as agg
 from . import overlap as ov
 from .stats import bootstrap_mean_ci
 
@@ -53,27 +54,21 @@ UNTESTABLE_SE = 1e-6
 
 
 def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
-    """One value and one standard error per feature, ``(n_in,)`` each, aggregated over the output tokens.
+    """One value and one standard error per feature, ``(n_in,)`` each, aggregated over the output tokens by the
+    aggregation ``how`` (:mod:`shapshift.aggregation`, which says how an error propagates and why).
 
-    ``sum``: the summed values, with the sum of the per-token standard errors (an upper bound of the
-    sum's error for any correlation between output tokens). ``mean_abs``: the mean ``|value|``, with
-    the mean standard error (``| |x| - |y| | <= |x - y|``). Explanations without ``error_std`` (exact
-    values) have zero error.
-    A sampled value whose standard error is unknown (NaN) or no more than rounding (:data:`UNTESTABLE_SE`
-    of the example's largest) has no error to test against: its aggregate error is NaN, and
-    :func:`feature_changes` leaves it untested. All errors 0: exact values, testable.
+    Explanations without ``error_std`` (exact values) have zero error. A sampled value whose standard error is
+    unknown (NaN) or no more than rounding (:data:`UNTESTABLE_SE` of the example's largest) has no error to test
+    against: its aggregate error is NaN, and :func:`feature_changes` leaves it untested. All errors 0: exact
+    values, testable.
     """
-    values = ov.explanation_values(exp)
+    values = agg.explanation_values(exp)
     err = getattr(exp, "error_std", None)
-    err = np.zeros_like(values) if err is None else np.asarray(ov.explanation_values(err), float)
+    err = np.zeros_like(values) if err is None else np.asarray(agg.explanation_values(err), float)
     largest = np.nanmax(err) if np.isfinite(err).any() else np.nan
     if not (largest == 0):  # sampled values (or unknown errors): a zero or NaN error is not a measured one
         err = np.where(np.isfinite(err) & (err > UNTESTABLE_SE * largest), err, np.nan)
-    if how == "sum":
-        return values.sum(axis=1), err.sum(axis=1)
-    if how == "mean_abs":
-        return np.abs(values).mean(axis=1), err.mean(axis=1)
-    raise ValueError(f"aggregate how={how!r} is not 'sum' or 'mean_abs'.")
+    return agg.aggregate(values, how), agg.aggregate_error(err, how)
 
 
 def reliability(values: np.ndarray, se: np.ndarray, *, seed: int = 0) -> float:

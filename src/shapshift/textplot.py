@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from . import aggregation as agg
 from . import conditions
-from . import overlap as ov
 
 #: Above this many (input token × generated token) cells an example's text plots show the values
 #: aggregated over the generated tokens: shap's per-token plot costs about 9 kB of HTML per cell.
@@ -91,7 +91,7 @@ def text_plot_html(explanation: Any, *, cmax: float | None = None, how: str | No
     """
     import shap
 
-    values = ov.explanation_values(explanation)
+    values = agg.explanation_values(explanation)
     tokens = getattr(explanation, "data", None)
     tokens = range(values.shape[0]) if tokens is None else tokens
     data = np.asarray([str(t).replace("&", "&amp;") for t in tokens], dtype=object)
@@ -103,7 +103,7 @@ def text_plot_html(explanation: Any, *, cmax: float | None = None, how: str | No
         exp = shap.Explanation(values=values, base_values=base, data=data,
                                output_names=[html.escape(str(o)) for o in outs])
     else:
-        exp = shap.Explanation(values=ov.aggregate(values, how), data=data,
+        exp = shap.Explanation(values=agg.aggregate(values, how), data=data,
                                base_values=float(base.sum()) if how == "sum" else 0.0)
     with np.printoptions(legacy="1.25"):
         out = shap.plots.text(exp, display=False, cmax=cmax)
@@ -120,9 +120,9 @@ def conditions_html(explanations: Mapping[str, Any], *, how: str = "sum", max_ce
     ``(html, cmax, per_token)``: ``cmax`` is the |value| drawn at full colour in every plot.
     """
     conds = sorted(explanations, key=conditions.order_key)
-    values = {c: ov.explanation_values(explanations[c]) for c in conds}
+    values = {c: agg.explanation_values(explanations[c]) for c in conds}
     full = per_token if per_token is not None else max((v.size for v in values.values()), default=0) <= max_cells
-    cmax = max((float(np.max(np.abs(v if full else ov.aggregate(v, how)))) if v.size else 0.0
+    cmax = max((float(np.max(np.abs(v if full else agg.aggregate(v, how)))) if v.size else 0.0
                 for v in values.values()), default=0.0) or None
     cells = "".join(f"<div class={cell_class}><h4>{html.escape(conditions.label(c))}</h4>"
                     f"{text_plot_html(explanations[c], cmax=cmax, how=None if full else how)}</div>" for c in conds)
