@@ -432,19 +432,23 @@ def test_report_shows_what_the_model_did(logprob_run):
 
 
 def test_bar_charts_carry_the_estimators_error_bars(tmp_path):
-    """Item 6: the per-token bars show ±1 standard error from error_std, aggregated over the generated
-    tokens as independent errors (checked against a direct computation); no bars without error_std."""
+    """Item 6: the per-token bars show ±1 standard error from error_std, aggregated over the generated tokens by the
+    one formula the verdicts use (the sum of the errors: the tokens' errors correlate under common random numbers),
+    checked against a direct computation and against shift's; no bars without error_std."""
     import shap
 
     from shapshift.report_plots import aggregate_error, plot_example_tokens
+    from shapshift.shift import aggregate_with_error
 
     rng = np.random.default_rng(0)
     values, err = rng.normal(size=(6, 3)), rng.uniform(0.01, 0.3, size=(6, 3))
     exp = shap.Explanation(values=values, base_values=np.zeros(3), data=np.array(list("abcdef"), dtype=object),
                            output_names=["x", "y", "z"], error_std=err)
-    expected = [np.sqrt(sum(err[i, j] ** 2 for j in range(3))) for i in range(6)]
+    expected = [sum(err[i, j] for j in range(3)) for i in range(6)]
     np.testing.assert_allclose(aggregate_error(exp, "sum"), expected)
     np.testing.assert_allclose(aggregate_error(exp, "mean_abs"), np.asarray(expected) / 3)
+    for how in ("sum", "mean_abs"):  # the error bars and the verdicts agree about one number
+        np.testing.assert_allclose(aggregate_error(exp, how), aggregate_with_error(exp, how)[1])
     store = RunStore(tmp_path)
     assert "±1 standard error" in _png_text(plot_example_tokens({"baseline": exp}, 1, store))
     exact = shap.Explanation(values=values, base_values=np.zeros(3), data=exp.data, output_names=exp.output_names)

@@ -23,6 +23,7 @@ import shapshift
 from shapshift import shift
 from shapshift.compare import CHANGES_FILE, VERDICT_SUMMARY_FILE, VERDICTS_FILE, run_compare
 from shapshift.config import CompareConfig
+from shapshift.explanation import Explanation
 from shapshift.store import RunStore, save_explanations
 
 TEXTS = ["The plot was boring and far too slow.", "A boring film with a great cast.",
@@ -30,10 +31,11 @@ TEXTS = ["The plot was boring and far too slow.", "A boring film with a great ca
 TEMPLATE = "Review: {input}\nSentiment:"
 
 
-class Exp:  # the fields shift reads, for the fast unit tests
-    def __init__(self, values, error_std=None, data=None):
-        self.values, self.error_std = np.asarray(values, float), error_std
-        self.data = data if data is not None else [f"t{i}" for i in range(len(self.values))]
+def Exp(values, error_std=None, data=None) -> Explanation:  # noqa: N802 - an explanation of given values, for the fast unit tests
+    values = np.asarray(values, float)
+    return Explanation(values=values, base_values=np.zeros(values.shape[1]), error_std=error_std,
+                       features=data if data is not None else [f"t{i}" for i in range(len(values))],
+                       outputs=[f"o{j}" for j in range(values.shape[1])])
 
 
 @settings(max_examples=60, deadline=None)

@@ -87,7 +87,7 @@ def test_word_values_are_the_shapley_values_of_the_word_game(arch, unit):
     assert exp.values.shape == (len(groups), len(target_ids))
     np.testing.assert_allclose(exp.values, expected, atol=1e-4)
     assert [t.strip() for t in exp.data] == (text.split() if unit == "word" else ["A friendly film.", "Not bad, really!"])
-    assert ["".join(ts) for ts in exp.unit_tokens] == list(exp.data)
+    assert ["".join(ts) for ts in exp.feature_tokens] == list(exp.data)
 
 
 def test_units_survive_the_run_folder(tmp_path):
@@ -99,7 +99,7 @@ def test_units_survive_the_run_folder(tmp_path):
     table = store.read_parquet("02_baseline.parquet")
     assert "in_tokens" in table
     for _, [back] in (load_explanations(store, "02_baseline"), frame_to_explanations(table)):  # pickle; table alone
-        assert back.unit_tokens == exp.unit_tokens and list(back.data) == list(exp.data)
+        assert back.feature_tokens == exp.feature_tokens and list(back.data) == list(exp.data)
         np.testing.assert_allclose(back.values, exp.values)
 
 

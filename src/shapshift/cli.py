@@ -65,7 +65,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 #: What ``explain-text --out`` writes, by extension.
-EXPLAIN_TEXT_OUTPUTS = {".html": "the SHAP text plot", ".pkl": "the shap.Explanation (pickle)"}
+EXPLAIN_TEXT_OUTPUTS = {".html": "the SHAP text plot", ".parquet": "the explanation (shapshift.Explanation.load reads it)",
+                        ".pkl": "the shapshift.Explanation (pickle)"}
 
 
 def _explain_text(args: argparse.Namespace) -> int:
@@ -77,8 +78,7 @@ def _explain_text(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in EXPLAIN_TEXT_OUTPUTS:
         raise ConfigError(f"--out {out}: cannot write a {out.suffix or 'extension-less'} file.",
-                          "Name it .html (" + EXPLAIN_TEXT_OUTPUTS[".html"] + ") or .pkl ("
-                          + EXPLAIN_TEXT_OUTPUTS[".pkl"] + ").")
+                          "Name it " + ", ".join(f"{k} ({v})" for k, v in EXPLAIN_TEXT_OUTPUTS.items()) + ".")
     if args.target is None:  # refuse a bad generation setting before the model is loaded
         GenerationConfig(max_new_tokens=args.max_new_tokens).validate()
     from .explainers.registry import check_installed
@@ -92,13 +92,13 @@ def _explain_text(args: argparse.Namespace) -> int:
                     unit=args.unit, precision=args.precision, max_evals=args.max_evals, seed=args.seed,
                     max_new_tokens=args.max_new_tokens)
     if out.suffix == ".html":
-        from .textplot import text_plot_html
-
-        atomic_write_bytes(out, text_plot_html(exp).encode())
+        atomic_write_bytes(out, exp.text_plot_html().encode())
+    elif out.suffix == ".parquet":
+        exp.save(out)
     else:
         atomic_write_bytes(out, pickle.dumps(exp, protocol=4))
-    print("output tokens:", "".join(exp.output_names))
-    top = sorted(zip(exp.data, exp.values.sum(axis=1)), key=lambda t: -abs(t[1]))[:5]
+    print("output tokens:", exp.target)
+    top = sorted(zip(exp.features, exp.values.sum(axis=1)), key=lambda t: -abs(t[1]))[:5]
     print("largest |value| (summed over output tokens):", ", ".join(f"{t!r} {v:+.3g}" for t, v in top))
     print(f"wrote {out}")
     return 0

@@ -40,6 +40,7 @@ from . import overlap as ov
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .errors import ArtifactError
+from .explanation import Explanation
 from .stats import bootstrap_mean_ci, holm, wilcoxon_paired
 from .store import RunStore, atomic_write_bytes, load_explanations, stored_methods
 
@@ -60,7 +61,7 @@ OVERLAP_COLUMNS = ["example_id", "condition_a", "condition_b", "scope", "out_pos
 SUMMARY_COLUMNS = ["condition_a", "condition_b", "scope", "metric", "k_spec", "k_mean", "mean", "ci_low", "ci_high",
                    "n", "noise_floor_mean", "delta_vs_floor", "wilcoxon_p", "wilcoxon_p_holm", "note"]
 
-Explanations = dict[int, Any]  # example_id -> shap.Explanation
+Explanations = dict[int, Explanation]  # example_id -> its explanation
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ def available_conditions(store: RunStore) -> list[str]:
 
 
 def load_condition(store: RunStore, condition: str) -> Explanations:
-    """``{example_id: shap.Explanation}`` of one condition (values ``(n_in, n_out)``)."""
+    """``{example_id: Explanation}`` of one condition (values ``(n_in, n_out)``)."""
     ids, exps = load_explanations(store, conds.stem(condition))
     return {int(i): e for i, e in zip(ids, exps, strict=True)}
 
@@ -119,14 +120,13 @@ def _common_ids(exps_a: Explanations, exps_b: Explanations, pair: tuple[str, str
     return ids
 
 
-def _check_features(ex_id: int, exp_a: Any, exp_b: Any, pair: tuple[str, str]) -> None:
-    na, nb = agg.explanation_values(exp_a).shape[0], agg.explanation_values(exp_b).shape[0]
+def _check_features(ex_id: int, exp_a: Explanation, exp_b: Explanation, pair: tuple[str, str]) -> None:
+    na, nb = len(exp_a.features), len(exp_b.features)
     if na != nb:
         raise ArtifactError(
             f"Example {ex_id} has {na} input tokens in {pair[0]} but {nb} in {pair[1]}: overlap needs the same features.",
             "Every condition must explain the tokens of the example's own input; re-run the explain stages.")
-    da, db = getattr(exp_a, "data", None), getattr(exp_b, "data", None)
-    if da is not None and db is not None and list(map(str, da)) != list(map(str, db)):
+    if exp_a.features != exp_b.features:
         log.warning("Example %d: the input tokens of %s and %s differ in text; positions are compared.", ex_id, *pair)
 
 

@@ -36,6 +36,7 @@ from .compare import (
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import CompareConfig
 from .errors import ArtifactError
+from .explanation import Explanation
 from .figures import FIGURES_DIR, MOVEMENT_FIGURE, condition_label, plt, save_figure, score_unit
 from .movement_views import movement_figure
 from .stats import bootstrap_curve_ci
@@ -192,7 +193,7 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
                         max_tokens: int = 30, unit: str | None = None) -> Path:
     """``example_<id>_tokens.png``: aggregated value per input token (rows) per condition (bars).
 
-    ``explanations``: ``{condition: shap.Explanation}`` of one example. Inputs longer than
+    ``explanations``: ``{condition: Explanation}`` of one example. Inputs longer than
     ``max_tokens`` show the ``max_tokens`` tokens of largest |value| under any condition, in text order.
     """
     conds = [c for c in conds_registry.ordered(explanations) if c != NOISE_FLOOR]
@@ -233,10 +234,10 @@ def plot_example_tokens(explanations: dict[str, Any], example_id: int, store: Ru
 def aggregate_error(explanation: Any, how: str = "sum") -> np.ndarray | None:
     """The error bars of :func:`plot_example_tokens`: the standard error of the aggregated value per input feature
     (:func:`shapshift.aggregation.aggregate_error`, the formula the verdicts use), or None for exact values."""
-    err = getattr(explanation, "error_std", None)
-    if err is None or not np.isfinite(np.asarray(err, dtype=np.float64)).any():
+    err = Explanation.coerce(explanation).error_std
+    if err is None or not np.isfinite(err).any():
         return None
-    return agg.aggregate_error(np.nan_to_num(np.asarray(err, dtype=np.float64)), how)
+    return agg.aggregate_error(np.nan_to_num(err), how)
 
 
 # -- behaviour ------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def finetune_loss_figure(record: dict[str, Any]) -> plt.Figure:
 def examples_to_plot(run_dir: str | Path, cfg: CompareConfig) -> list[tuple[int, dict[str, Any]]]:
     """The first ``cfg.n_plot_examples`` examples (by id) explained under every available condition.
 
-    Returns ``[(example_id, {condition: shap.Explanation})]`` (the rerun excluded).
+    Returns ``[(example_id, {condition: Explanation})]`` (the rerun excluded).
     """
     store = RunStore(run_dir)
     conds = [c for c in available_conditions(store) if c != NOISE_FLOOR]

@@ -36,6 +36,7 @@ from scipy import stats as sstats
 
 from . import aggregation as agg
 from . import overlap as ov
+from .explanation import Explanation
 from .stats import bootstrap_mean_ci
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.nda
     against: its aggregate error is NaN, and :func:`feature_changes` leaves it untested. All errors 0: exact
     values, testable.
     """
-    values = agg.explanation_values(exp)
-    err = getattr(exp, "error_std", None)
-    err = np.zeros_like(values) if err is None else np.asarray(agg.explanation_values(err), float)
+    exp = Explanation.coerce(exp)
+    values = exp.values
+    err = np.zeros_like(values) if exp.error_std is None else exp.error_std
     largest = np.nanmax(err) if np.isfinite(err).any() else np.nan
     if not (largest == 0):  # sampled values (or unknown errors): a zero or NaN error is not a measured one
         err = np.where(np.isfinite(err) & (err > UNTESTABLE_SE * largest), err, np.nan)
@@ -92,9 +93,7 @@ def feature_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.
     """Per feature: both values, the change, its standard error, z, p, BH-adjusted p, and ``changed``."""
     a, se_a = aggregate_with_error(exp_a, how)
     b, se_b = aggregate_with_error(exp_b, how)
-    data = getattr(exp_a, "data", None)
-    tokens = [str(t) for t in data] if data is not None else [str(i) for i in range(a.size)]
-    return change_table(a, se_a, b, se_b, tokens, fdr=fdr, min_change=min_change)
+    return change_table(a, se_a, b, se_b, Explanation.coerce(exp_a).features, fdr=fdr, min_change=min_change)
 
 
 def share_changes(exp_a: Any, exp_b: Any, *, how: str = "sum", fdr: float = 0.05, min_change: float = 0.1) -> pd.DataFrame:

@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArtifactError
-from .result import TABLE_COLUMNS
+from .explanation import TABLE_COLUMNS, Explanation
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 #: Columns of the long explanation table (one row per example × output token × input token).
-EXPLANATION_COLUMNS = TABLE_COLUMNS  # the long table's contract columns (shapshift.result)
+EXPLANATION_COLUMNS = TABLE_COLUMNS  # the long table's contract columns (shapshift.explanation)
 _PACKAGES = ("shapshift", "torch", "transformers", "shap", "datasets", "peft", "numpy", "pandas", "pyarrow")
 
 
@@ -209,43 +209,32 @@ class RunStore:
 # -- explanations ---------------------------------------------------------------------------------
 def explanations_to_frame(explanations: Sequence[Any], example_ids: Sequence[int], condition: str) -> pd.DataFrame:
     """The long table: one row per (example, output token, input token), columns :data:`EXPLANATION_COLUMNS`
-    and the optional ones of :meth:`shapshift.result.ExampleExplanation.to_frame`."""
-    from .result import ExampleExplanation
-
-    frames = [ExampleExplanation.from_shap(exp).to_frame(ex_id, condition)
+    and the optional ones of :meth:`shapshift.explanation.Explanation.to_frame`."""
+    frames = [Explanation.coerce(exp).to_frame(ex_id, condition)
               for ex_id, exp in zip(example_ids, explanations, strict=True)]
     if not frames:
         return pd.DataFrame(columns=[*EXPLANATION_COLUMNS, "error_std"])
     return pd.concat(frames, ignore_index=True)
 
 
-def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Any]]:
-    """Rebuild ``shap.Explanation`` objects (values ``(n_in, n_out)``) from the long table alone."""
-    from .result import ExampleExplanation
-
+def frame_to_explanations(df: pd.DataFrame) -> tuple[list[int], list[Explanation]]:
+    """Rebuild the explanations (values ``(n_in, n_out)``) from the long table alone."""
     ids, out = [], []
     for ex_id, g in df.groupby("example_id", sort=False):
-        out.append(ExampleExplanation.from_frame(g).to_shap())
+        out.append(Explanation.from_frame(g))
         ids.append(int(ex_id))
     return ids, out
 
 
-def plain_explanation(exp: Any) -> Any:
-    """The fields a run stores (no timings), so equal results pickle to equal bytes."""
-    from .result import ExampleExplanation
-
-    return ExampleExplanation.from_shap(exp).to_shap()
-
-
 def save_explanations(store: RunStore, stem: str, explanations: Sequence[Any], example_ids: Sequence[int],
                       condition: str, meta: dict[str, Any] | None = None) -> None:
-    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the Explanation objects) and record both.
+    """Write ``<stem>.parquet`` (long table) and ``<stem>.pkl`` (the :class:`Explanation` objects) and record both.
 
     An explanation without a ``method`` gets ``meta["method"]`` (unless ``auto``) as the one that produced it.
     """
     if not store.writer:
         return
-    explanations = [plain_explanation(e) for e in explanations]
+    explanations = [Explanation.coerce(e).stored() for e in explanations]
     method = (meta or {}).get("method")
     for e in explanations:
         if getattr(e, "method", None) is None and isinstance(method, str) and method != "auto":
@@ -273,7 +262,8 @@ def load_explanations(store: RunStore, stem: str, *, trust_pickle: bool = False)
             store.verify(name)
     if store.path(pkl).exists():
         payload = pickle.loads(store.path(pkl).read_bytes())
-        return payload["example_ids"], payload["explanations"]
+        # a run folder written before this package had its own type holds shap.Explanation objects: read as ours
+        return payload["example_ids"], [Explanation.coerce(e) for e in payload["explanations"]]
     return frame_to_explanations(store.read_parquet(table))
 
 
@@ -326,10 +316,8 @@ class ExampleCheckpoint:
         atomic_write_bytes(self._fp_file(), self.fingerprint.encode())
         return {}
 
-    def save(self, example_id: int, exp: Any, stats: dict) -> None:
-        from .result import ExampleExplanation
-
-        data = ExampleExplanation.from_shap(exp).to_npz(stats=json.loads(json.dumps(stats, default=_json_default)))
+    def save(self, example_id: int, exp: Explanation, stats: dict) -> None:
+        data = Explanation.coerce(exp).stored().to_npz(stats=json.loads(json.dumps(stats, default=_json_default)))
         atomic_write_bytes(self.dir / f"example-{int(example_id)}.npz", data)
 
     def count(self) -> int:
@@ -337,13 +325,11 @@ class ExampleCheckpoint:
         return sum(1 for _ in self.dir.glob("example-*.npz"))
 
     def load(self) -> dict[int, tuple[Any, dict]]:
-        from .result import ExampleExplanation
-
         done = {}
         for path in sorted(self.dir.glob("example-*.npz")):
             try:
-                exp, extra = ExampleExplanation.from_npz(path.read_bytes())
-                done[int(path.stem.split("-")[1])] = (exp.to_shap(), extra["stats"])
+                exp, extra = Explanation.from_npz(path.read_bytes())
+                done[int(path.stem.split("-")[1])] = (exp, extra["stats"])
             except (OSError, ValueError, KeyError):  # a damaged checkpoint is redone, never trusted
                 path.unlink(missing_ok=True)
         return done

@@ -1,4 +1,4 @@
-"""``explain()``: texts in, one ``shap.Explanation`` per text out, whichever estimator runs."""
+"""``explain()``: texts in, one :class:`~shapshift.explanation.Explanation` per text out, whichever estimator runs."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..config import ExplainConfig, GenerationConfig
 from ..constants import resolve_masking
 from ..errors import ConfigError, ShapshiftError
+from ..explanation import Explanation
 from ..generation import generate
 from ..models import check_fits_context
 from ..prompting import (
@@ -87,22 +88,24 @@ def make_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, parts:
     options["masking"] = resolve_masking(options.get("masking", "auto"))
     groups = None if unit == "token" else feature_groups(tokenizer, prompt.input_ids, unit)
     return ExplainTask(model=model, tokenizer=tokenizer, parts=parts, prompt=prompt,
-                       target_ids=[int(t) for t in target_ids], groups=groups, **options)
+                       target_ids=[int(t) for t in target_ids], groups=groups, unit=unit, **options)
 
 
-def to_explanation(task: ExplainTask, att: Attribution, seconds: float):
-    """The ``shap.Explanation`` of one task; with word or sentence features, ``unit_tokens`` holds each one's tokens."""
-    import shap
-
-    data = att.data if att.data is not None else task.feature_strings
-    exp = shap.Explanation(
-        values=att.values, base_values=att.base_values, data=np.asarray(data, dtype=object),
-        output_names=task.output_names, error_std=att.error_std,
-        compute_time=seconds,
-    )
-    if task.feature_tokens is not None:
-        exp.unit_tokens = task.feature_tokens
-    return exp
+def to_explanation(task: ExplainTask, att: Attribution, *, method: str, precision: float, seconds: float,
+                   requested: str, target: float | None, max_evals: int,
+                   diagnostics: dict[str, float] | None = None) -> Explanation:
+    """The :class:`Explanation` of one task: ``att``'s values with the task's features and outputs, the estimator
+    that ran (``method``; ``requested``: the name asked for, e.g. ``auto``), the precision it reached and the
+    settings that made it (``target``: the precision asked for, None for one run of the budget; ``max_evals``: the
+    budget's cap)."""
+    features = att.data if att.data is not None else task.feature_strings
+    settings = {"method": requested, "score": task.score, "masking": task.masking, "unit": task.unit,
+                "seed": task.seed, "max_evals": max_evals, "precision": target, "options": dict(task.options),
+                "contrast": task.contrast_ids is not None}
+    return Explanation(values=att.values, base_values=att.base_values, features=[str(f) for f in features],
+                       outputs=task.output_names, error_std=att.error_std, feature_tokens=task.feature_tokens,
+                       method=method, n_evals=att.n_evals, precision=precision, settings=settings,
+                       diagnostics=dict(diagnostics or {}), seconds=seconds)
 
 
 class PrefixReuse:
@@ -134,8 +137,8 @@ class PrefixReuse:
 
 def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progress: bool = True,
                   desc: str = "explain", reuse: PrefixReuse | None = None,
-                  scorers: Sequence[Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Explain prepared tasks; returns the Explanations and per-example stats (method, evals, seconds).
+                  scorers: Sequence[Any] | None = None) -> tuple[list[Explanation], list[dict[str, Any]]]:
+    """Explain prepared tasks; returns the :class:`Explanation` of each and per-example stats (method, evals, seconds).
 
     Each task's estimator is built with the task's ``options`` (those it declares) and given a scorer:
     ``scorers[i]`` when passed (a :class:`~shapshift.scoring.TableScorer`, a recording wrapper...), else
@@ -200,9 +203,9 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         seconds = time.perf_counter() - start
         if scorers is None:
             reuse.keep(key, scorer)
-        explanations.append(to_explanation(task, att, seconds))
         # the expected rank agreement of two runs (explainers.precision), the evaluations it took, the method that ran
-        explanations[-1].precision, explanations[-1].n_evals, explanations[-1].method = reached, att.n_evals, name
+        explanations.append(to_explanation(task, att, method=name, precision=reached, seconds=seconds,
+                                           requested=method, target=target, max_evals=cap))
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": task.n_outputs,
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
                       "precision": round(reached, 4),
@@ -216,7 +219,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
             batch_size: int | None = _EX.batch_size, seed: int = _EX.seed, precision: float | None = _EX.precision,
             unit: str = _EX.unit, max_new_tokens: int = _GEN.max_new_tokens, stop_at_newline: bool = _GEN.stop_at_newline,
             chat: bool = False, progress: bool = True, options: dict[str, Any] | None = None,
-            contrasts: Sequence[str] | None = None) -> list[Any]:
+            contrasts: Sequence[str] | None = None) -> list[Explanation]:
     """SHAP values of every target token with respect to the tokens of each input text.
 
     Parameters
@@ -245,7 +248,7 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         attribute holds the precision reached.
     batch_size: coalitions per forward pass; ``None`` picks one for the device (scoring.auto_batch_size).
     unit: the features: ``token`` (default), ``word`` (whitespace-delimited, punctuation attached) or
-        ``sentence``; a word or sentence is masked as a whole, and ``exp.unit_tokens`` lists its tokens.
+        ``sentence``; a word or sentence is masked as a whole, and ``exp.feature_tokens`` lists its tokens.
     max_new_tokens, stop_at_newline: the greedy generation when ``targets`` is ``None``.
     contrasts: one foil per text (e.g. ``" negative"`` against the target ``" positive"``): each explanation then has
         one output, ``log p(target) - log p(contrast)``, summed over each one's tokens ("why this rather than that",
@@ -261,9 +264,12 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
 
     Returns
     -------
-    One ``shap.Explanation`` per text: ``values`` ``(n_in, n_out)``, ``base_values`` ``(n_out,)`` (the
-    fully masked score), ``data`` the input tokens, ``output_names`` the target tokens;
-    ``base_values + values.sum(0)`` is the score of the full input. ``shap.plots.text`` draws it.
+    One :class:`~shapshift.explanation.Explanation` per text: ``values`` ``(n_in, n_out)``, ``base_values``
+    ``(n_out,)`` (the fully masked score), ``error_std`` their standard errors, ``features`` the input features
+    (``data`` in shap's name), ``outputs`` the target tokens (``output_names``), ``method``, ``n_evals``,
+    ``precision`` and the ``settings`` that made it; ``base_values + values.sum(0)`` is the score of the full input.
+    In a notebook it shows its text plot; ``exp.save(path)`` / ``Explanation.load(path)`` keep it;
+    ``shap.plots.text(exp.to_shap())`` draws it with shap.
     """
     # the run configuration's validation; a lens's options are checked against the lens alone
     lens = method in lens_methods()

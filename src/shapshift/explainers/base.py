@@ -45,6 +45,8 @@ class ExplainTask:
     #: A contrastive target's foil (``explain.target: contrastive``): the score is then one number per coalition,
     #: ``log p(target) - log p(contrast)`` summed over each one's tokens (:class:`ContrastScorer`); None: per token.
     contrast_ids: list[int] | None = None
+    #: What one feature is (``token``, ``word``, ``sentence``): the groups above were made for it.
+    unit: str = "token"
 
     @property
     def n_outputs(self) -> int:
