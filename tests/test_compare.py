@@ -300,3 +300,29 @@ def test_text_plot_axis_labels_do_not_overlap():
     numbers = [t for _, _, t in labels if re.fullmatch(r"-?[0-9.]+", t)]
     assert set(numbers) == {"-10.6", "-10.596"}, numbers  # base value and f(inputs) only, no tick values
     assert out.count('y2="37"') >= 3  # the tick marks themselves stay
+
+
+def test_a_new_metric_is_one_registry_entry(tmp_path):
+    """Registered here, in the test module alone: the overlap table, the summary and the report carry it, and its
+    values are the brute-force ones (the share of features whose sign agrees, over all features)."""
+    from shapshift import overlap as ov
+
+    def sign_share(pair, k):
+        return float(np.mean(np.sign(pair.a) == np.sign(pair.b)))
+
+    entry = ov.register_metric(ov.Metric("sign_share", "share of equal signs", sign_share, headline=True))
+    try:
+        store = make_run(tmp_path / "run", conditions={"baseline_rerun": 0.1, "zero_shot": 0.5}, n_examples=4)
+        compare.run_compare(store.dir, CFG)
+        overlap = store.read_parquet(compare.OVERLAP_FILE)
+        mine = overlap[(overlap["metric"] == "sign_share") & (overlap["scope"] == "aggregate")
+                       & (overlap["condition_b"] == "zero_shot")].sort_values("example_id")
+        sums = {c: stored_long(store, c).groupby(["example_id", "in_pos"])["value"].sum() for c in ("baseline", "zero_shot")}
+        want = [float(np.mean(np.sign(sums["baseline"].loc[i].to_numpy()) == np.sign(sums["zero_shot"].loc[i].to_numpy())))
+                for i in sorted(mine["example_id"])]
+        np.testing.assert_allclose(mine["value"].to_numpy(), want)
+        assert "sign_share" in set(pd.read_csv(store.path(compare.SUMMARY_FILE))["metric"])
+        page = report.write_report(store.dir, CFG).read_text()
+        assert page.count("share of equal signs") >= 2  # in the headline table and in the table of every metric
+    finally:
+        ov.METRICS.pop(entry.name)
