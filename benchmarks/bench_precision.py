@@ -35,9 +35,9 @@ from shapshift.config import ExplainConfig  # noqa: E402
 from shapshift.constants import resolve_masking
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
 from shapshift.explainers.api import auto_precision  # noqa: E402
-from shapshift.explainers.precision import importance  # noqa: E402
 from shapshift.generation import generate  # noqa: E402
 from shapshift.models import load_model  # noqa: E402
+from shapshift.stats import importance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("precision")

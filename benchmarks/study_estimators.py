@@ -9,7 +9,7 @@ budgets ``c * n + 2`` for several seeds, without a model. Per table, budget, est
 - ``spearman_seeds``: Spearman of the importance between this seed and the next (rerun agreement);
 - ``coverage``: share of values whose interval ``value +- 1.96 SE`` holds the exact value;
 - ``precision``: the rerun agreement the estimator predicts from its own standard errors
-  (:func:`shapshift.explainers.precision.expected_rank_agreement`).
+  (:func:`shapshift.stats.expected_rank_agreement`).
 
 shapiq's approximators are run on the same tables by ``benchmarks/study_shapiq.py`` (Python 3.12
 environment) and merged into the report when its CSV exists.
@@ -42,9 +42,9 @@ from shapshift.constants import SCORE_UNITS  # noqa: E402
 from shapshift.explainers import REGISTRY  # noqa: E402
 from shapshift.explainers.base import ExplainTask  # noqa: E402
 from shapshift.explainers.exact import all_coalitions  # noqa: E402
-from shapshift.explainers.precision import expected_rank_agreement, importance  # noqa: E402
 from shapshift.explainers.quadrature import middle_sizes, size_quadrature  # noqa: E402
 from shapshift.scoring import TableScorer  # noqa: E402
+from shapshift.stats import expected_rank_agreement, importance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PER_FEATURE = (2, 4, 8, 16)

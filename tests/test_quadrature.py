@@ -22,16 +22,12 @@ from shapshift.errors import ConfigError
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
 from shapshift.explainers.base import ExplainTask
 from shapshift.explainers.exact import all_coalitions
-from shapshift.explainers.precision import (
-    CachingScorer,
-    expected_rank_agreement,
-    explain_to_precision,
-    importance,
-)
+from shapshift.explainers.precision import CachingScorer, explain_to_precision
 from shapshift.explainers.quadrature import size_quadrature
 from shapshift.explainers.registry import check_explain
 from shapshift.prompting import build_prompt
 from shapshift.scoring import TableScorer
+from shapshift.stats import expected_rank_agreement, importance
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: log-odds under attention masking (the defaults when they were recorded), and the defaults now (log-prob, deletion)

@@ -1,8 +1,9 @@
 """shapshift: SHAP explanations of LLM text generation, and how they shift under fine-tuning and prompting.
 
-``load_model(spec)`` and ``explain(model, tokenizer, texts, ...)`` are the entry points; the pipeline
-stages live in :mod:`shapshift.pipeline` and the command line in :mod:`shapshift.cli`. Heavy modules
-(torch, transformers, shap) load on first use.
+``load_model(spec)`` and ``explain(model, tokenizer, texts, ...)`` are the entry points; each explanation is an
+:class:`Explanation`; ``load_config(path_or_dict)`` reads and checks a run configuration. The pipeline stages live in
+:mod:`shapshift.pipeline` and the command line in :mod:`shapshift.cli`. Heavy modules (torch, transformers) load on
+first use: the functions below import them when called (for start-up time; no import cycle is hidden there).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ShapshiftError
+from .explanation import Explanation
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "ShapshiftError", "explain", "load_model", "__version__"]
+__all__ = ["Explanation", "RunConfig", "ShapshiftError", "explain", "load_config", "load_model", "__version__"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -31,3 +33,10 @@ def explain(*args: Any, **kwargs: Any):
     from .explainers import explain as _explain
 
     return _explain(*args, **kwargs)
+
+
+def load_config(*args: Any, **kwargs: Any) -> RunConfig:
+    """A run configuration read and checked against the registries; see :func:`shapshift.validation.load_config`."""
+    from .validation import load_config as _load_config
+
+    return _load_config(*args, **kwargs)

@@ -3,7 +3,7 @@
 An explanation's values are ``(n_features, n_outputs)`` (one column per explained token, in the score's units);
 compare, the verdicts of change, the movement table and the report's error bars read one value per feature through
 an :class:`Aggregation` of :data:`AGGREGATIONS` (``compare.aggregate``). A new aggregation is one :func:`register`
-call. This module imports nothing of the package.
+call. This module imports nothing of the package but the shape of its registries.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .registries import Registry
 
 
 @dataclass(frozen=True)
@@ -30,15 +32,9 @@ class Aggregation:
     error: Callable[[np.ndarray], np.ndarray]
 
 
-AGGREGATIONS: dict[str, Aggregation] = {}
-
-
-def register(aggregation: Aggregation) -> Aggregation:
-    """Add ``aggregation`` (its name must be new); returns it."""
-    if aggregation.name in AGGREGATIONS:
-        raise ValueError(f"aggregation {aggregation.name!r} is registered already")
-    AGGREGATIONS[aggregation.name] = aggregation
-    return aggregation
+AGGREGATIONS: Registry[Aggregation] = Registry("aggregation")
+#: Add an :class:`Aggregation` (its name must be new); returns it.
+register = AGGREGATIONS.register
 
 
 def get(how: str) -> Aggregation:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .registries import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adapt import Setup
@@ -57,15 +58,9 @@ class Condition:
     stage: int = 3
 
 
-REGISTRY: dict[str, Condition] = {}
-
-
-def register(condition: Condition) -> Condition:
-    """Add ``condition`` to the registry (its name must be new); returns it."""
-    if condition.name in REGISTRY:
-        raise ValueError(f"condition {condition.name!r} is registered already")
-    REGISTRY[condition.name] = condition
-    return condition
+REGISTRY: Registry[Condition] = Registry("condition")
+#: Add a :class:`Condition` to the registry (its name must be new); returns it.
+register = REGISTRY.register
 
 
 def stage3_names() -> list[str]:

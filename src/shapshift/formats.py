@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from .backoff import halving
 from .config import DataConfig
 from .constants import TARGET_CASES
+from .fewshot import select_demonstrations
 from .generation import generate
 from .models import model_device
 from .prompting import Demonstration, build_prompt, encode_prompt
@@ -150,8 +151,6 @@ def check_formats(model: Any, tokenizer: PreTrainedTokenizerBase, train: pd.Data
     reviews SmolLM2 writes " Positive" unprompted, yet after demonstrations " positive" is the more accurate:
     few-shot label match 0.94 against 0.75 on the 16 explained reviews).
     """
-    from .fewshot import select_demonstrations
-
     train = train[train["reference_text"].notna()].reset_index(drop=True)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(train))

@@ -21,7 +21,8 @@ from . import conditions
 from .conditions import BASELINE, NOISE_FLOOR
 from .figures import condition_label, figure_png, img_html, save_figure
 from .lenses import LENSES_SUMMARY_FILE, load_lens, read_lens_summary, stored_lenses
-from .store import RunStore
+from .store import RunStore, load_explanations
+from .textplot import text_plot_html
 
 FIGURE = "lenses_agreement.png"
 LENS_LABELS = {"input_x_gradient": "input × gradient", "integrated_gradients": "integrated gradients",
@@ -76,8 +77,6 @@ def completeness_gaps(store: RunStore) -> dict[str, float]:
     ``f(0)`` is the stats' ``score_baseline``, or for runs that did not record it the stored explanation's
     ``base_values`` (the stats of a stem are in the order of its stored examples).
     """
-    from .store import load_explanations
-
     out: dict[str, list[float]] = {}
     for stem, per in store.manifest().get("explain_stats", {}).items():
         if not any("completeness_gap" in st for st in per):
@@ -176,8 +175,6 @@ def lens_text_plots_html(run_dir: str | Path, condition: str = BASELINE, n_examp
 
     Each plot has its own colour scale: the lenses' values are in the score's units but not Shapley values.
     """
-    from .textplot import text_plot_html
-
     store = RunStore(run_dir)
     shap_exps = load_lens(store, condition)
     views = {"SHAP": shap_exps, **{LENS_LABELS[m]: load_lens(store, condition, m) for m in lenses}}

@@ -49,6 +49,7 @@ import pandas as pd
 from scipy import stats as _sstats
 
 from .aggregation import aggregate, explanation_values
+from .registries import Registry
 
 #: Default fraction of the features for the length-adaptive k (k = ceil(0.2 n), at least 1).
 TOP_FRACTION = 0.2
@@ -297,15 +298,9 @@ class Metric:
     in_lenses: bool = False
 
 
-METRICS: dict[str, Metric] = {}
-
-
-def register_metric(metric: Metric) -> Metric:
-    """Add ``metric`` (its name must be new): every later comparison, the summary and the report carry it."""
-    if metric.name in METRICS:
-        raise ValueError(f"metric {metric.name!r} is registered already")
-    METRICS[metric.name] = metric
-    return metric
+METRICS: Registry[Metric] = Registry("metric")
+#: Add a :class:`Metric` (its name must be new): every later comparison, the summary and the report carry it.
+register_metric = METRICS.register
 
 
 def metric_label(name: str) -> str:

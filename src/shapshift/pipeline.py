@@ -22,15 +22,19 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import adapt, conditions, parallel, stages
+from .compare import run_compare
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import RunConfig
 from .constants import resolve_masking
+from .data import preprocess
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
 from .explainers.registry import masking_used
 from .generation import generate
+from .lenses import lens_stem, run_lenses
 from .models import load_model
 from .prompting import PromptParts, encode_prompt, encode_targets, token_strings
+from .report import write_report
 from .scoring import make_scorer
 from .stages import STAGES, invalidate_from, stage_fingerprint, stage_record, stage_status
 from .store import (
@@ -59,8 +63,6 @@ def preprocess_stage(cfg: RunConfig, model: Any, tokenizer: PreTrainedTokenizerB
                      ) -> pd.DataFrame:
     """Stage 1: load, check the prompt formats on training rows and pick one (:mod:`shapshift.formats`), format,
     tokenise, split; writes ``01_dataset.parquet``; the format and the check's table go to the manifest."""
-    from .data import preprocess
-
     store = open_store(cfg)
     df, report = preprocess(cfg.data, tokenizer, model=model)  # errors here leave the run folder untouched
     check_training_rows(cfg, int((df["split"] == "train").sum()))
@@ -164,8 +166,6 @@ def _open_checkpoint(checkpoint: ExampleCheckpoint, resume: bool) -> dict[int, t
 def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, parts, targets, stem: str, condition: str,
                     resume: bool = False) -> None:
     """Explain the condition again with each lens of ``explain.methods`` (after the SHAP method): ``<stem>__<lens>``."""
-    from .lenses import lens_stem
-
     for lens in cfg.explain.all_methods[1:]:
         _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, lens_stem(stem, lens), condition,
                            cfg.explain.seed, resume, method=lens)
@@ -360,16 +360,11 @@ def check_complete(store: RunStore, cfg: RunConfig) -> None:
 
 def compare_stage(cfg: RunConfig) -> pd.DataFrame:
     """Stage 4: overlap metrics, noise floor, statistics, figures, ``report.html``."""
-    from .compare import run_compare
-    from .report import write_report
-
     store = open_store(cfg)
     check_complete(store, cfg)
     with store.timed("compare", **stage_record(cfg, "compare")) as info:
         summary = run_compare(store.dir, cfg.compare)
         if len(cfg.explain.all_methods) > 1:
-            from .lenses import run_lenses
-
             run_lenses(store.dir, cfg.compare, cfg.explain.all_methods[1:])
         write_report(store.dir, cfg.compare)
         info["complete"] = True

@@ -36,8 +36,9 @@ from scipy import stats as sstats
 
 from . import aggregation as agg
 from . import overlap as ov
+from .conditions import NOISE_FLOOR, label
 from .explanation import Explanation
-from .stats import bootstrap_mean_ci
+from .stats import bootstrap_mean_ci, expected_rank_agreement
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,8 @@ def aggregate_with_error(exp: Any, how: str = "sum") -> tuple[np.ndarray, np.nda
 def reliability(values: np.ndarray, se: np.ndarray, *, seed: int = 0) -> float:
     """Expected Spearman ρ of ``|value|`` between two independent estimates with these standard errors, ``(n,)`` each.
 
-    The precision the estimators run to (:func:`shapshift.explainers.precision.expected_rank_agreement`):
-    1.0 when every ``se`` is 0.
+    The precision the estimators run to (:func:`shapshift.stats.expected_rank_agreement`): 1.0 when every ``se`` is 0.
     """
-    from .explainers.precision import expected_rank_agreement
-
     return expected_rank_agreement(np.asarray(values, float)[:, None], np.asarray(se, float)[:, None], seed=seed)
 
 
@@ -200,8 +198,6 @@ def _interval(low: float, high: float) -> str:
 
 def verdict_sentence(row: dict[str, Any]) -> str:
     """One sentence a reader can act on: what changed, how sure, against which noise."""
-    from .conditions import NOISE_FLOOR, label
-
     a, b, n, k = label(row["condition_a"]), label(row["condition_b"]), int(row["n"]), int(row["n_changed"])
     who = "The baseline's rerun with another seed (the noise floor)" if row["condition_b"] == NOISE_FLOOR \
         else f"The {b} condition"

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as _sstats
+from scipy.stats import rankdata
 
 
 class MeanCI(NamedTuple):
@@ -147,3 +148,48 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adjusted, 1.0)
     return out
+
+
+# -- the precision of an estimate: the expected rank agreement of two independent runs ------------------------
+#: Simulated pairs of runs behind one precision estimate.
+N_SIMULATIONS = 200
+
+
+def importance(values: np.ndarray) -> np.ndarray:
+    """Per input token: ``|value|`` summed over the output tokens; ``values`` ``(n_in, n_out)`` or ``(n_in,)``."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.abs(values).sum(axis=1) if values.ndim == 2 else np.abs(values)
+
+
+def row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of matching rows of ``a`` and ``b`` ``(s, n)`` (ties averaged; constant rows give 0)."""
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return np.divide((ra * rb).sum(axis=1), den, out=np.zeros(len(a)), where=den > 0)
+
+
+def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
+                            seed: int = 0) -> float:
+    """Expected Spearman of the importances of two independent runs, from ``values`` and ``error_std`` ``(n_in, n_out)``.
+
+    1.0 for exact values (zero standard errors) or a single input token; NaN when a standard error is
+    unknown (NaN) or missing. Deterministic for a given ``seed``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape[0] < 2:
+        return 1.0
+    if error_std is None or not np.all(np.isfinite(error_std)):
+        return float("nan")
+    err = np.asarray(error_std, dtype=np.float64)
+    if not np.any(err > 0):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    runs = [importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err) for _ in range(2)]
+    return float(row_spearman(*runs).mean())
+
+
+def importance_batch(values: np.ndarray) -> np.ndarray:
+    """:func:`importance` of a stack ``(s, n_in, n_out)`` → ``(s, n_in)``."""
+    return np.abs(values).sum(axis=2) if values.ndim == 3 else np.abs(values)

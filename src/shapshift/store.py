@@ -29,6 +29,7 @@ import pandas as pd
 
 from .errors import ArtifactError
 from .explanation import TABLE_COLUMNS, Explanation
+from .parallel import is_main
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ class RunStore:
     """
 
     def __init__(self, run_dir: str | Path, *, writer: bool | None = None) -> None:
-        from .parallel import is_main
-
         self.dir = Path(run_dir)
         self.writer = is_main() if writer is None else writer
 

@@ -17,7 +17,7 @@ from ..constants import resolve_masking
 from ..errors import ConfigError, ShapshiftError
 from ..explanation import Explanation
 from ..generation import generate
-from ..models import check_fits_context
+from ..models import check_fits_context, model_device
 from ..prompting import (
     PromptParts,
     build_prompt,
@@ -25,8 +25,9 @@ from ..prompting import (
     encode_targets,
     feature_groups,
 )
+from ..stats import expected_rank_agreement
 from .base import Attribution, ExplainTask
-from .precision import expected_rank_agreement, explain_to_precision
+from .precision import explain_to_precision
 from .progress import ProgressScorer, planned_evals, warn_blank_targets, warn_precision
 from .registry import (
     REGISTRY,
@@ -51,8 +52,6 @@ _EX, _GEN = ExplainConfig(), GenerationConfig()
 
 def auto_precision(model: PreTrainedModel | None = None) -> float:
     """``auto``'s precision target when ``explain.precision`` is unset: :data:`AUTO_PRECISION`, higher on a GPU."""
-    from ..models import model_device
-
     on_gpu = model is not None and model_device(model).type == "cuda"
     return AUTO_PRECISION_GPU if on_gpu else AUTO_PRECISION
 

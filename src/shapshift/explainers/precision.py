@@ -4,7 +4,7 @@ The precision of an explanation is the expected Spearman correlation between the
 (``|value|`` summed over the output tokens, per input token) of two independent runs of the
 estimator, predicted from the values and their standard errors: both runs are simulated as the
 values plus independent normal errors of the reported standard errors
-(:func:`expected_rank_agreement`). An estimator whose standard errors are calibrated
+(:func:`shapshift.stats.expected_rank_agreement`). An estimator whose standard errors are calibrated
 (``benchmarks/ESTIMATORS.md``) makes this a prediction of the measured rerun agreement.
 
 :func:`explain_to_precision` runs a sampling estimator at a first budget, then at budgets growing by
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
+from ..stats import expected_rank_agreement
 from .base import Attribution, ExplainTask
 from .registry import REGISTRY, Estimator, round_methods
 
@@ -33,48 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Each round's budget is the previous one times this (at least ``2n`` more evaluations).
 GROWTH = 1.5
-#: Simulated pairs of runs behind one precision estimate.
-N_SIMULATIONS = 200
-
-
-def importance(values: np.ndarray) -> np.ndarray:
-    """Per input token: ``|value|`` summed over the output tokens; ``values`` ``(n_in, n_out)`` or ``(n_in,)``."""
-    values = np.asarray(values, dtype=np.float64)
-    return np.abs(values).sum(axis=1) if values.ndim == 2 else np.abs(values)
-
-
-def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of matching rows of ``a`` and ``b`` ``(s, n)`` (ties averaged; constant rows give 0)."""
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
-    den = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
-    return np.divide((ra * rb).sum(axis=1), den, out=np.zeros(len(a)), where=den > 0)
-
-
-def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
-                            seed: int = 0) -> float:
-    """Expected Spearman of the importances of two independent runs, from ``values`` and ``error_std`` ``(n_in, n_out)``.
-
-    1.0 for exact values (zero standard errors) or a single input token; NaN when a standard error is
-    unknown (NaN) or missing. Deterministic for a given ``seed``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.shape[0] < 2:
-        return 1.0
-    if error_std is None or not np.all(np.isfinite(error_std)):
-        return float("nan")
-    err = np.asarray(error_std, dtype=np.float64)
-    if not np.any(err > 0):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    runs = [importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err) for _ in range(2)]
-    return float(_row_spearman(*runs).mean())
-
-
-def importance_batch(values: np.ndarray) -> np.ndarray:
-    """:func:`importance` of a stack ``(s, n_in, n_out)`` → ``(s, n_in)``."""
-    return np.abs(values).sum(axis=2) if values.ndim == 3 else np.abs(values)
 
 
 class CachingScorer:
