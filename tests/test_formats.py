@@ -149,7 +149,7 @@ def test_on_sst2_the_chosen_format_makes_few_shot_write_a_label(smollm2, sst2_de
     from shapshift.adapt import condition_parts, run_uses_chat
     from shapshift.config import RunConfig
     from shapshift.fewshot import shared_demonstrations
-    from shapshift.pipeline import label_match
+    from shapshift.explaining import label_match
 
     model, tok = smollm2
     cfg = RunConfig(data=DataConfig(source=str(sst2_dev), input_column="sentence", max_rows=80, n_explain=8,

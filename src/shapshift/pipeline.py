@@ -6,7 +6,8 @@ Stage artifacts (in ``config.run_dir``):
 3. ``03_<condition>.{pkl,parquet}``, ``03_generations.parquet``, ``adapters/``, ``03_finetune.json``
 4. ``04_overlap.parquet``, ``04_summary.csv``, ``figures/*.png``, ``report.html``
 and ``manifest.json`` (config, versions, timings, sha256 of each artifact). The conditions of
-stage 3 and their set-up live in :mod:`shapshift.conditions`.
+stage 3 are declared in :mod:`shapshift.conditions` and set up by :mod:`shapshift.adapt`; how one condition is
+explained is :mod:`shapshift.explaining`.
 """
 
 from __future__ import annotations
@@ -18,37 +19,39 @@ from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import adapt, conditions, parallel, stages
 from .compare import run_compare
-from .conditions import BASELINE, NOISE_FLOOR
+from .conditions import BASELINE
 from .config import RunConfig
-from .constants import resolve_masking
 from .data import preprocess
 from .errors import ArtifactError, DataError
-from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
-from .explainers.registry import masking_used
-from .generation import generate
-from .lenses import lens_stem, run_lenses
+from .explaining import (
+    DATASET,
+    choose_contrasts,
+    condition_targets,
+    explain_condition,
+    explain_lenses,
+    explain_rows,
+    generate_and_score,
+    noise_floor,
+    reference_targets,
+    task_labels,
+)
+from .lenses import run_lenses
 from .models import load_model
-from .prompting import PromptParts, encode_prompt, encode_targets, token_strings
 from .report import write_report
-from .scoring import make_scorer
-from .stages import STAGES, invalidate_from, stage_fingerprint, stage_record, stage_status
+from .stages import STAGES, invalidate_from, stage_record, stage_status
 from .store import (
-    ExampleCheckpoint,
     RunStore,
     load_explanations,
     package_versions,
-    save_explanations,
 )
 from .validation import validate
 
 log = logging.getLogger(__name__)
 
-DATASET = "01_dataset.parquet"
 
 
 def open_store(cfg: RunConfig) -> RunStore:
@@ -86,136 +89,6 @@ def check_training_rows(cfg: RunConfig, n_train: int) -> None:
                         "out of adapt.conditions.")
 
 
-def explain_rows(store: RunStore) -> pd.DataFrame:
-    df = store.read_parquet(DATASET)
-    return df[df["split"] == "explain"].reset_index(drop=True)
-
-
-def reference_targets(tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, parts: list[PromptParts]) -> list[list[int] | None]:
-    """The reference target text of each row, tokenised alone (warns when that differs in context)."""
-    prompts = [encode_prompt(p, tokenizer, input_ids=list(r.input_ids)).ids for p, r in zip(parts, rows.itertuples())]
-    return encode_targets(tokenizer, list(rows["target_text"]), prompts)
-
-
-def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       rows: pd.DataFrame, parts: list[PromptParts], targets: list[list[int]], stem: str,
-                       condition: str, seed: int, resume: bool = False,
-                       method: str | None = None, contrasts: list[list[int]] | None = None) -> tuple[list[Any], list[dict]]:
-    """Explain every row, saving each example as soon as it is done; a resumed run skips those.
-
-    ``method``: the estimator (default ``explain.method``; a lens writes ``<stem>__<lens>``, see :func:`_explain_lenses`).
-    ``contrasts``: each row's foil under ``explain.target: contrastive`` (:func:`choose_contrasts`).
-    """
-    ex = cfg.explain
-    method = method or ex.method
-    fingerprint = f"{stage_fingerprint(cfg, stages.stage_of(stem).name)}-{stem}-{seed}"
-    checkpoint = ExampleCheckpoint(store.path(f".partial/{stem}"), fingerprint)
-    done = _open_checkpoint(checkpoint, resume)
-    done = {i: v for i, v in done.items() if i in set(rows["example_id"].astype(int))}
-    if done and parallel.is_main():
-        log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
-                 ", ".join(map(str, sorted(done))))
-    reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
-    if getattr(model, "is_remote", False) and parallel.is_main():
-        from .remote.costs import announce_cost
-
-        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals)
-                       for p, t, r in zip(parts, targets, rows.itertuples()) if int(r.example_id) not in done],
-                      ex.method, f"explain {condition}")
-    listed = list(rows.itertuples())
-    several = parallel.num_processes() > 1  # then this process explains its share of the examples left
-    bar = tqdm(total=len(rows), initial=len(done), leave=False, disable=not parallel.is_main(),
-               desc=f"explain {condition}" + (f" ({parallel.num_processes()} processes)" if several else ""))
-    for i in parallel.share([i for i, r in enumerate(listed) if int(r.example_id) not in done]):
-        p, t, r = parts[i], targets[i], listed[i]
-        task = make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), score=ex.score, masking=ex.masking,
-                         batch_size=ex.batch_size, max_evals=ex.max_evals, seed=seed, precision=ex.precision,
-                         unit=ex.unit, options=dict(ex.options), contrast_ids=contrasts[i] if contrasts else None)
-        [exp], [stats] = explain_tasks([task], method, progress=False, reuse=reuse)
-        checkpoint.save(int(r.example_id), exp, stats)
-        done[int(r.example_id)] = (exp, stats)
-        bar.update(min(checkpoint.count(), len(rows)) - bar.n if several else 1)  # all processes' examples
-    bar.close()
-    if several:  # every process reads every process's examples once all are done
-        parallel.wait()
-        done = checkpoint.load()
-        parallel.wait()
-    explanations = [done[int(i)][0] for i in rows["example_id"]]
-    stats = [done[int(i)][1] for i in rows["example_id"]]
-    methods = sorted({st["method"] for st in stats})
-    meta = {"method": method, "methods_used": methods, "score": ex.score, "target": ex.target,
-            "masking": masking_used(method, resolve_masking(ex.masking)),  # partition: shap's Text masker
-            "max_evals": ex.max_evals, "seed": seed, "unit": ex.unit,
-            "deterministic": all(REGISTRY[m].deterministic for m in methods)}
-    save_explanations(store, stem, explanations, rows["example_id"].tolist(), condition, meta)
-    store.update_manifest(explain_stats={stem: stats})
-    return explanations, stats  # the checkpoint stays until the whole stage is done (a kill later loses nothing)
-
-
-def _open_checkpoint(checkpoint: ExampleCheckpoint, resume: bool) -> dict[int, tuple[Any, dict]]:
-    """The examples done already: the main process starts (or clears) the checkpoint, the others then read it
-    (every process sees the same examples, so their shares of the rest are the same split)."""
-    done = checkpoint.start(resume) if parallel.is_main() else {}
-    parallel.wait()
-    if not parallel.is_main():
-        done = checkpoint.load()
-    parallel.wait()  # before any process saves a new example
-    return done
-
-
-def _explain_lenses(cfg: RunConfig, store: RunStore, model, tokenizer, rows, parts, targets, stem: str, condition: str,
-                    resume: bool = False) -> None:
-    """Explain the condition again with each lens of ``explain.methods`` (after the SHAP method): ``<stem>__<lens>``."""
-    for lens in cfg.explain.all_methods[1:]:
-        _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, lens_stem(stem, lens), condition,
-                           cfg.explain.seed, resume, method=lens)
-
-
-def generate_and_score(model, tokenizer, rows: pd.DataFrame, parts: list[PromptParts], condition: str,
-                      cfg: RunConfig, explained: list[list[int]] | None = None) -> pd.DataFrame:
-    """Each example's own greedy generation, its label match, and the log-prob of the explained target."""
-    prompts = [encode_prompt(p, tokenizer, input_ids=list(r.input_ids)) for p, r in zip(parts, rows.itertuples())]
-    gens = generate(model, tokenizer, [p.ids for p in prompts], max_new_tokens=cfg.generation.max_new_tokens,
-                    stop_at_newline=cfg.generation.stop_at_newline, batch_size=cfg.generation.batch_size)
-    out = []
-    for r, prompt, g, t in zip(rows.itertuples(), prompts, gens, explained or gens):
-        text = tokenizer.decode(g, skip_special_tokens=True)
-        logp = make_scorer(model, prompt, t, score="log_prob").full()
-        out.append({
-            "example_id": int(r.example_id), "condition": condition, "generated_text": text,
-            "generated_ids": [int(i) for i in g], "generated_tokens": token_strings(tokenizer, g),
-            "label": r.label, "label_match": label_match(text, r.target_text),
-            "explained_ids": [int(i) for i in t], "explained_logprob": float(logp.sum()),
-        })
-    return pd.DataFrame(out)
-
-
-def choose_contrasts(model, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame, parts: list[PromptParts],
-                     labels: Sequence[str]) -> list[list[int]]:
-    """Each row's foil for ``explain.target: contrastive``: the label other than its reference that the model
-    (the baseline) finds most likely after the full prompt, as token ids. Every condition explains the same
-    contrast, so their explanations answer the same question ("why positive rather than negative")."""
-    out = []
-    for p, r in zip(parts, rows.itertuples()):
-        others = [lab for lab in labels if lab != r.target_text]
-        if not others:
-            raise DataError(f"Example {r.example_id}: no label other than its reference {r.target_text!r} to contrast "
-                            "it with.", "Use a dataset with two or more labels, or explain.target: reference.")
-        prompt = encode_prompt(p, tokenizer, input_ids=list(r.input_ids))
-        ids = [list(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in others]
-        scores = [float(make_scorer(model, prompt, i, score="log_prob").full().sum()) for i in ids]
-        out.append(ids[int(max(range(len(ids)), key=scores.__getitem__))])
-    return out
-
-
-def label_match(generated: str, reference: str | None) -> float:
-    """1.0 when the generation starts with the reference answer (case and space insensitive), NaN without one."""
-    if reference is None:
-        return float("nan")
-    ref = reference.strip().lower()
-    return float(bool(ref) and generated.strip().lower().startswith(ref))
-
-
 # -- stage 2 ----------------------------------------------------------------------------------------
 def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                   resume: bool = False) -> list[Any]:
@@ -248,38 +121,16 @@ def explain_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedT
         targets = reference if reference is not None else [list(g) for g in gens["generated_ids"]]
         store.write_parquet(gens, "02_generations.parquet")
         base = conditions.get(BASELINE)
-        exps, stats = _explain_condition(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name,
+        exps, stats = explain_condition(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name,
                                          cfg.explain.seed, resume, contrasts=contrasts)
-        _explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name, resume)
+        explain_lenses(cfg, store, model, tokenizer, rows, parts, targets, base.stem, base.name, resume)
         if cfg.explain.noise_floor:
-            _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume, contrasts)
+            noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume, contrasts)
         matches = gens["label_match"].dropna()
         info.update(n_examples=len(rows), accuracy=float(matches.mean()) if len(matches) else None,
                     evals=int(sum(st["n_evals"] for st in stats)), complete=True)
     stages.clear_partial(store, "explain")
     return exps
-
-
-def task_labels(store: RunStore) -> list[str]:
-    """The labels of the run's task as its targets write them (the distinct reference texts of labelled rows)."""
-    data = store.read_parquet(DATASET)
-    return sorted(set(data.loc[data["label"].notna(), "target_text"].dropna().astype(str)))
-
-
-def _noise_floor(cfg, store, model, tokenizer, rows, parts, targets, exps, stats, resume, contrasts=None) -> None:
-    floor = conditions.get(NOISE_FLOOR)
-    again = [i for i, st in enumerate(stats) if not REGISTRY[st["method"]].deterministic]
-    rerun = list(exps)
-    if again:
-        sub = rows.iloc[again].reset_index(drop=True)
-        new, _ = _explain_condition(cfg, store, model, tokenizer, sub, [parts[i] for i in again],
-                                    [targets[i] for i in again], floor.stem, floor.name, cfg.explain.seed + 1, resume,
-                                    contrasts=[contrasts[i] for i in again] if contrasts else None)
-        for i, e in zip(again, new):
-            rerun[i] = e
-    save_explanations(store, floor.stem, rerun, rows["example_id"].tolist(), floor.name,
-                      {"seed": cfg.explain.seed + 1, "re_explained": len(again),
-                       "copied_deterministic": len(rows) - len(again)})
 
 
 # -- stage 3 ----------------------------------------------------------------------------------------
@@ -303,16 +154,16 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
             with store.timed(f"adapt:{condition}") as info:
                 cond_model, parts = adapt.setup_of(cond, cfg)(adapt.Setup(cfg, store, model, tokenizer, data, rows, info, resume))
                 own = parallel.from_main(generate_and_score, cond_model, tokenizer, rows, parts, condition, cfg)
-                targets = _condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
+                targets = condition_targets(cfg, tokenizer, rows, parts, own, base_targets)
                 gens = own if cfg.explain.target == "own" else parallel.from_main(
                     generate_and_score, cond_model, tokenizer, rows, parts, condition, cfg, explained=targets)
                 gens[["generated_text", "generated_ids", "generated_tokens", "label_match"]] = \
                     own[["generated_text", "generated_ids", "generated_tokens", "label_match"]]
                 tables.append(gens)
-                results[condition], _ = _explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
+                results[condition], _ = explain_condition(cfg, store, cond_model, tokenizer, rows, parts, targets,
                                                            cond.stem, condition, cfg.explain.seed, resume,
                                                            contrasts=contrasts)
-                _explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, cond.stem, condition, resume)
+                explain_lenses(cfg, store, cond_model, tokenizer, rows, parts, targets, cond.stem, condition, resume)
                 matches = own["label_match"].dropna()
                 info["accuracy"] = float(matches.mean()) if len(matches) else None
         if tables:
@@ -320,14 +171,6 @@ def adapt_stage(cfg: RunConfig, model: PreTrainedModel, tokenizer: PreTrainedTok
         stage_info["complete"] = True
     stages.clear_partial(store, "adapt")
     return results
-
-
-def _condition_targets(cfg, tokenizer, rows, parts, own, base_targets) -> list[list[int]]:
-    if cfg.explain.target == "own":
-        return [list(g) for g in own["generated_ids"]]
-    if cfg.explain.target in ("reference", "contrastive"):
-        return reference_targets(tokenizer, rows, parts)
-    return [base_targets[int(i)] for i in rows["example_id"]]
 
 
 # -- stage 4 ----------------------------------------------------------------------------------------
