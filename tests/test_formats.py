@@ -148,8 +148,8 @@ def test_on_sst2_the_chosen_format_makes_few_shot_write_a_label(smollm2, sst2_de
     these dev sentences right (4 of 8 here), so the reference itself is written for fewer."""
     from shapshift.adapt import condition_parts, run_uses_chat
     from shapshift.config import RunConfig
-    from shapshift.fewshot import shared_demonstrations
     from shapshift.explaining import label_match
+    from shapshift.fewshot import shared_demonstrations
 
     model, tok = smollm2
     cfg = RunConfig(data=DataConfig(source=str(sst2_dev), input_column="sentence", max_rows=80, n_explain=8,
