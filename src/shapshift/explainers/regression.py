@@ -1,0 +1,271 @@
+"""Regression-adjusted Monte Carlo Shapley values: an exact proxy plus an unbiased correction of its residual.
+
+Witter, Liu & Musco (2025, "Regression-adjusted Monte Carlo estimators for Shapley values and probabilistic
+values"): fit a cheap proxy ``h`` of the game ``f`` whose Shapley values are exact, and estimate the Shapley
+values of the residual ``f - h`` by Monte Carlo. ``phi(f) = phi(h) + phi(f - h)`` by linearity, so the result
+is unbiased whatever the proxy, and its variance is that of the residual, small when the proxy fits.
+
+Written over coalition sizes (as :mod:`.quadrature`): with ``D_i(t)`` the mean value of the size-``t``
+coalitions holding feature ``i`` minus the mean of those without it,
+
+    phi_i = (f(full) - f(empty)) / n + (1 / n) * sum_{t=1}^{n-1} D_i(t).
+
+``task.max_evals`` is spent as:
+
+1. ``f(empty)``, ``f(full)`` and every coalition of size 1 and ``n - 1``: ``D(1)`` and ``D(n - 1)`` exactly
+   (``2n + 2`` evaluations, as ``quadrature``);
+2. the rest on complementary pairs ``(S, S^c)`` of the middle sizes ``2 .. n - 2``. The sizes form classes
+   ``{t, n - t}``; pair ``j`` goes to the class furthest below its share ``pi`` (``pi(t) ∝ 1 / sqrt(t (n - t))``,
+   the allocation that minimises the variance when the residual's size does not depend on ``t``), and its
+   coalition is uniform among those of that size. The sequence does not depend on the budget, so a larger
+   budget with the same seed scores the same pairs first (precision rounds reuse them);
+3. the proxy: kernel ridge regression on every scored coalition with features ``x_i`` (linear, as
+   ContextCite), ``x_i x_l`` (pairwise, down-weighted by :data:`PAIR_SCALE`) and smooth functions of the size
+   (symmetric: they take up the size trend of deletion games and have no Shapley value). Its ``D_i(t)`` are
+   exact in closed form (:func:`kernel_effects`);
+4. the correction of middle class ``c`` from each of its pairs: ``D(t)`` of the residual ``f - h_{-j}`` of
+   the proxy refitted without pair ``j`` (cross-fitting: the proxy is independent of the pair it corrects, so
+   each pair's estimate is unbiased; done in closed form by a block update of the kernel system), on a
+   uniform coalition of size ``t``: ``r(S) (x_i n / t - (1 - x_i) n / (n - t))``. Class means add up.
+
+Efficiency is exact: every ``D`` above (the exact ends, the proxy's, each correction) sums to 0 over the
+features, so the values sum to ``f(full) - f(empty)`` for every output token, to rounding. Standard errors:
+per class, the spread of its pairs' estimates over the root of their count (stratified sampling), classes
+with one pair taking the pooled variance of the others; scaled by :data:`SE_CALIBRATION`. The values are
+unbiased Shapley estimates at every budget from ``2n + 4`` on, except when fewer pairs than classes are
+scored (classes without a pair then take the proxy's ``D``, which is biased; it is logged). Every output token
+is fitted and corrected with the same coalitions and the same kernel system (common random numbers). When
+the budget covers every coalition the values are exact (standard error 0); below ``2n + 2``, or under 4
+features, it runs ``kernel``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
+from .exact import all_coalitions, shapley_from_table
+from .kernel import KernelExplainer
+from .quadrature import end_effects
+from .registry import Estimator, register
+
+log = logging.getLogger(__name__)
+
+#: Scale of the pairwise features in the proxy's kernel relative to the linear ones (prior variance ratio).
+PAIR_SCALE = 0.1
+#: Scale of the symmetric size features (Legendre polynomials of the size, degrees 0..SIZE_DEGREE).
+SIZE_SCALE = 10.0
+#: Highest degree of the size polynomials.
+SIZE_DEGREE = 4
+#: Ridge strength relative to ``n / 2``, the linear features' part of the kernel's diagonal at the middle size
+#: (fixed by ``n`` alone, not by the data, so the cross-fitted proxy stays independent of the pair it corrects).
+RIDGE = 0.1
+#: Factor on the stratified standard error (1: none).
+SE_CALIBRATION = 1.0
+
+
+@dataclass(frozen=True)
+class RegressionOptions:
+    """``pair_scale``: weight of the pairwise terms in the proxy (0: a linear proxy, as ContextCite);
+    ``ridge``: the proxy's ridge strength (relative to the kernel's diagonal)."""
+
+    pair_scale: float = PAIR_SCALE
+    ridge: float = RIDGE
+
+    def __post_init__(self) -> None:
+        if not self.pair_scale >= 0:
+            raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0.1.")
+        if not self.ridge > 0:
+            raise ConfigError(f"regression's ridge={self.ridge} must be > 0.", "Use e.g. ridge=0.1.")
+
+
+def size_classes(n: int) -> list[tuple[int, ...]]:
+    """The middle sizes ``2 .. n - 2`` as classes ``(t, n - t)`` (``(n/2,)`` for even ``n``); empty for ``n < 4``."""
+    return [(t, n - t) if t != n - t else (t,) for t in range(2, n // 2 + 1)]
+
+
+def class_shares(n: int) -> np.ndarray:
+    """Each class's share of the pairs ``(n_classes,)``: ``sum_{t in c} 1 / sqrt(t (n - t))``, normalised."""
+    w = np.array([sum(1 / np.sqrt(t * (n - t)) for t in c) for c in size_classes(n)])
+    return w / w.sum()
+
+
+def pair_schedule(n: int, n_pairs: int) -> np.ndarray:
+    """The class index of each pair ``(n_pairs,)``: each pair to the class furthest below its share.
+
+    Deterministic and prefix-stable (the first ``m`` entries do not depend on ``n_pairs``); every class
+    gets a pair as soon as ``n_pairs`` reaches the number of classes times at most a few.
+    """
+    shares = class_shares(n)
+    counts = np.zeros(len(shares))
+    out = np.empty(n_pairs, dtype=np.int64)
+    for j in range(n_pairs):
+        c = int(np.argmax(shares * (j + 1) - counts))
+        out[j] = c
+        counts[c] += 1
+    return out
+
+
+def pair_design(n: int, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, classes)``: coalitions ``(n_pairs, n)`` bool of the smaller size of their class, each to be scored
+    with its complement, uniform within their size and independent of each other; ``classes`` ``(n_pairs,)``."""
+    classes = pair_schedule(n, n_pairs)
+    sizes = size_classes(n)
+    x = np.zeros((n_pairs, n), bool)
+    for j, c in enumerate(classes):
+        x[j, rng.permutation(n)[: sizes[c][0]]] = True
+    return x, classes
+
+
+def _size_features(t: np.ndarray, n: int) -> np.ndarray:
+    """Legendre polynomials ``(m, SIZE_DEGREE + 1)`` of the sizes ``t`` ``(m,)`` scaled to ``[-1, 1]``."""
+    return np.polynomial.legendre.legvander(2 * np.asarray(t, float) / n - 1, SIZE_DEGREE)
+
+
+def proxy_kernel(a: np.ndarray, b: np.ndarray, pair_scale: float) -> np.ndarray:
+    """The proxy's kernel ``(m_a, m_b)`` between coalitions ``a`` ``(m_a, n)`` and ``b`` ``(m_b, n)``.
+
+    ``k(a, b) = |a ∩ b| + pair_scale * C(|a ∩ b|, 2) + SIZE_SCALE * sum_d P_d(|a|) P_d(|b|)``: the inner
+    product of the features ``x_i``, ``sqrt(pair_scale) x_i x_l`` (``i < l``) and the size polynomials.
+    """
+    n = a.shape[1]
+    common = a.astype(np.float64) @ b.astype(np.float64).T
+    sa, sb = _size_features(a.sum(axis=1), n), _size_features(b.sum(axis=1), n)
+    return common + pair_scale * common * (common - 1) / 2 + SIZE_SCALE * sa @ sb.T
+
+
+def kernel_effects(z: np.ndarray, pair_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``D`` of the kernel functions ``k(z_j, .)`` of the training coalitions ``z`` ``(m, n)``.
+
+    ``D_i(t)`` of ``k(z_j, .)`` is ``lin[i, j] + (t - 1) * pair[i, j]``: the linear game ``sum_{l in z} x_l`` has
+    ``D_i = (n 1[i in z] - |z|) / (n - 1)`` at every size; the pairwise game ``sum_{l<k in z} x_l x_k`` (weight
+    ``pair_scale``) has ``D_i(t) = (t - 1) (G_i / (n - 1) - 2 (G - G_i) / ((n - 1) (n - 2)))`` with ``G_i`` the
+    pairs holding ``i`` and ``G`` all pairs. The size polynomials are symmetric: no ``D``. Both ``(n, m)``.
+    """
+    n = z.shape[1]
+    zt = z.T.astype(np.float64)  # (n, m)
+    size = zt.sum(axis=0)  # (m,)
+    lin = (n * zt - size) / (n - 1)
+    g_i = zt * (size - 1)
+    g = size * (size - 1) / 2
+    pair = pair_scale * (g_i / (n - 1) - 2 * (g - g_i) / ((n - 1) * (n - 2)))
+    return lin, pair
+
+
+def size_weights(x: np.ndarray) -> np.ndarray:
+    """``(m, n)``: ``n / t`` for the features in each coalition of ``x`` ``(m, n)`` (size ``t``), ``-n / (n - t)`` for
+    the others. A coalition's value times its row is an unbiased estimate of ``D(t)`` from one uniform coalition."""
+    n = x.shape[1]
+    t = x.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.where(x, n / t, -n / (n - t))
+
+
+def regression_values(x: np.ndarray, classes: np.ndarray, vx: np.ndarray, vc: np.ndarray, ends: dict[str, np.ndarray],
+                      pair_scale: float = PAIR_SCALE, ridge: float = RIDGE) -> tuple[np.ndarray, np.ndarray]:
+    """Values and standard errors ``(n, k)`` from the pairs and the exact ends.
+
+    ``x`` ``(m, n)`` bool: the pairs' smaller coalitions, ``classes`` ``(m,)`` their class, ``vx``/``vc`` ``(m, k)``
+    the values of the coalitions and their complements; ``ends``: ``empty``, ``full`` ``(k,)``, ``eye`` ``(n, k)``
+    (singletons) and ``loo`` ``(n, k)`` (leave-one-out).
+    """
+    m, n = x.shape
+    k = vx.shape[1]
+    empty, full = ends["empty"], ends["full"]
+    d1, dn1 = end_effects(ends["eye"], ends["loo"])
+    eye = np.eye(n, dtype=bool)
+    z = np.concatenate([np.zeros((1, n), bool), np.ones((1, n), bool), eye, ~eye, x, ~x])
+    y = np.concatenate([empty[None], full[None], ends["eye"], ends["loo"], vx, vc])
+    fixed = 2 + 2 * n  # rows not in any pair
+    lam = ridge * n / 2  # from n alone: the linear features' share of the kernel's diagonal at the middle size
+    # centre y on the fixed rows' mean (a constant: no D, and the fixed rows do not depend on the pairs)
+    y0 = y[:fixed].mean(axis=0)
+    p = np.linalg.inv(proxy_kernel(z, z, pair_scale) + lam * np.eye(len(z)))  # (N, N)
+    alpha = p @ (y - y0)  # (N, k)
+    lin, pair = kernel_effects(z, pair_scale)  # (n, N) each
+    sizes = size_classes(n)
+    # each class's D summed over its sizes, for the coefficient vectors a: lin @ a * len(c) + pair @ a * sum(t - 1)
+    n_t = np.array([len(c) for c in sizes], float)
+    t1 = np.array([sum(t - 1 for t in c) for c in sizes], float)
+    wx, wc = size_weights(x), size_weights(~x)  # (m, n)
+    ys = np.zeros((m, n, k))  # each pair's estimate of its class's sum of D
+    if m:
+        lin_p, pair_p = lin @ p, pair @ p  # (n, N)
+        lin_a, pair_a = lin @ alpha, pair @ alpha  # (n, k)
+        for j in range(m):
+            rows = [fixed + j, fixed + m + j]
+            u = np.linalg.solve(p[np.ix_(rows, rows)], alpha[rows])  # (2, k): the pair's leave-out residuals
+            c = classes[j]
+            # the proxy refitted without the pair: alpha - p[:, rows] @ u; its D over the class's sizes
+            proxy_d = n_t[c] * (lin_a - lin_p[:, rows] @ u) + t1[c] * (pair_a - pair_p[:, rows] @ u)
+            corr = wx[j][:, None] * u[0][None] + wc[j][:, None] * u[1][None]  # (n, k)
+            ys[j] = proxy_d + (corr / 2 if len(sizes[c]) == 1 else corr)
+    # the proxy fitted on everything: D of classes with no pair
+    proxy_all = n_t[:, None, None] * (lin @ alpha)[None] + t1[:, None, None] * (pair @ alpha)[None]  # (C, n, k)
+    total = np.zeros((n, k))
+    var = np.zeros((n, k))
+    unknown: list[int] = []  # classes with one pair: their variance is pooled from the others
+    pooled, n_pooled = np.zeros((n, k)), 0
+    missing = []
+    for c in range(len(sizes)):
+        mine = ys[classes == c]
+        if len(mine) == 0:
+            total += proxy_all[c]
+            missing.append(sizes[c])
+            continue
+        total += mine.mean(axis=0)
+        if len(mine) >= 2:
+            s2 = mine.var(axis=0, ddof=1)
+            var += s2 / len(mine)
+            pooled += s2
+            n_pooled += 1
+        else:
+            unknown.append(c)
+    if missing:
+        log.info("regression: %d pairs for %d size classes; sizes %s take the proxy's effects (biased)",
+                 m, len(sizes), missing)
+    if unknown:
+        var += len(unknown) * (pooled / n_pooled if n_pooled else np.nan)
+    if missing:
+        var += np.nan if not m else 0.0
+    values = (full - empty) / n + (d1 + dn1 + total) / n
+    err = SE_CALIBRATION * np.sqrt(var) / n
+    if missing or not m:
+        err = np.full((n, k), np.nan) if not m else err
+    return values, err
+
+
+@register
+class RegressionExplainer(Estimator):
+    """Exact ends + kernel-ridge proxy (linear and pairwise, exact Shapley values) + cross-fitted unbiased Monte
+    Carlo correction of its residual on complementary pairs of the middle sizes; stratified standard errors."""
+
+    name = "regression"
+    deterministic = False
+    budget = "evaluations, the empty and full input included (below 2n + 2: kernel's)"
+    rounds = True
+    Options = RegressionOptions
+    auto_evals_per_feature = 4  # a first round of 4n + 2, as quadrature and kernel
+
+    def attribute(self, task: ExplainTask, scorer) -> Attribution:
+        n = task.n_features
+        if n <= 16 and task.max_evals >= 2**n:  # everything affordable: exact, no error
+            v = scorer(all_coalitions(n))
+            return scorer_attribution(scorer, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
+        if n < 4 or task.max_evals < 2 * n + 2:
+            return KernelExplainer().attribute(task, scorer)
+        rng = np.random.default_rng(task.seed)
+        empty, full = endpoints(task, scorer)
+        if n == 1:  # pragma: no cover - handled by the branches above
+            return single_feature(scorer, empty, full)
+        eye = np.eye(n, dtype=bool)
+        ends = scorer(np.concatenate([eye, ~eye]))
+        x, classes = pair_design(n, (task.max_evals - 2 - 2 * n) // 2, rng)
+        v = scorer(np.concatenate([x, ~x])) if len(x) else np.zeros((0, len(full)))
+        values, err = regression_values(x, classes, v[: len(x)], v[len(x):],
+                                        {"empty": empty, "full": full, "eye": ends[:n], "loo": ends[n:]},
+                                        self.options.pair_scale, self.options.ridge)
+        return scorer_attribution(scorer, values, empty, err)
