@@ -22,7 +22,7 @@ coalitions holding feature ``i`` minus the mean of those without it,
 3. the proxy: kernel ridge regression on every scored coalition with features ``x_i`` (linear, as
    ContextCite), ``x_i x_l`` (pairwise, down-weighted by :data:`PAIR_SCALE`) and smooth functions of the size
    (symmetric: they take up the size trend of deletion games and have no Shapley value). Its ``D_i(t)`` are
-   exact in closed form (:func:`kernel_effects`);
+   exact in closed form (:func:`class_effects`);
 4. the correction of middle class ``c`` from each of its pairs: ``D(t)`` of the residual ``f - h_{-j}`` of
    the proxy refitted without pair ``j`` (cross-fitting: the proxy is independent of the pair it corrects, so
    each pair's estimate is unbiased; done in closed form by a block update of the kernel system), on a
@@ -56,31 +56,37 @@ from .registry import Estimator, register
 log = logging.getLogger(__name__)
 
 #: Scale of the pairwise features in the proxy's kernel relative to the linear ones (prior variance ratio).
-PAIR_SCALE = 0.1
+PAIR_SCALE = 0.5
 #: Scale of the symmetric size features (Legendre polynomials of the size, degrees 0..SIZE_DEGREE).
 SIZE_SCALE = 10.0
 #: Highest degree of the size polynomials.
 SIZE_DEGREE = 4
 #: Ridge strength relative to ``n / 2``, the linear features' part of the kernel's diagonal at the middle size
 #: (fixed by ``n`` alone, not by the data, so the cross-fitted proxy stays independent of the pair it corrects).
-RIDGE = 0.1
+RIDGE = 0.03
+#: Scale of the size-modulated linear features relative to the plain linear ones, and their highest degree.
+SLOPE_SCALE = 1.0
+SLOPE_DEGREE = 1
 #: Factor on the stratified standard error (1: none).
 SE_CALIBRATION = 1.0
 
 
 @dataclass(frozen=True)
 class RegressionOptions:
-    """``pair_scale``: weight of the pairwise terms in the proxy (0: a linear proxy, as ContextCite);
-    ``ridge``: the proxy's ridge strength (relative to the kernel's diagonal)."""
+    """``pair_scale``: weight of the pairwise terms in the proxy (0: none); ``ridge``: the proxy's ridge strength
+    (relative to ``n / 2``); ``slope_scale``, ``slope_degree``: weight and highest degree of the linear effects'
+    variation with the coalition's size (``slope_degree=0``: a linear proxy, as ContextCite)."""
 
     pair_scale: float = PAIR_SCALE
     ridge: float = RIDGE
+    slope_scale: float = SLOPE_SCALE
+    slope_degree: int = SLOPE_DEGREE
 
     def __post_init__(self) -> None:
         if not self.pair_scale >= 0:
-            raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0.1.")
+            raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0.5.")
         if not self.ridge > 0:
-            raise ConfigError(f"regression's ridge={self.ridge} must be > 0.", "Use e.g. ridge=0.1.")
+            raise ConfigError(f"regression's ridge={self.ridge} must be > 0.", "Use e.g. ridge=0.03.")
 
 
 def size_classes(n: int) -> list[tuple[int, ...]]:
@@ -121,39 +127,54 @@ def pair_design(n: int, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndar
     return x, classes
 
 
-def _size_features(t: np.ndarray, n: int) -> np.ndarray:
-    """Legendre polynomials ``(m, SIZE_DEGREE + 1)`` of the sizes ``t`` ``(m,)`` scaled to ``[-1, 1]``."""
-    return np.polynomial.legendre.legvander(2 * np.asarray(t, float) / n - 1, SIZE_DEGREE)
+def _size_features(t: np.ndarray, n: int, degree: int) -> np.ndarray:
+    """Legendre polynomials ``(m, degree + 1)`` of the sizes ``t`` ``(m,)`` scaled to ``[-1, 1]``."""
+    return np.polynomial.legendre.legvander(2 * np.asarray(t, float) / n - 1, degree)
 
 
-def proxy_kernel(a: np.ndarray, b: np.ndarray, pair_scale: float) -> np.ndarray:
+def _slope_scales(slope_scale: float, slope_degree: int) -> np.ndarray:
+    """Prior scale of each degree ``(slope_degree + 1,)`` of the size-modulated linear features: 1, then ``slope_scale``."""
+    return np.array([1.0] + [slope_scale] * slope_degree)
+
+
+def proxy_kernel(a: np.ndarray, b: np.ndarray, options: RegressionOptions) -> np.ndarray:
     """The proxy's kernel ``(m_a, m_b)`` between coalitions ``a`` ``(m_a, n)`` and ``b`` ``(m_b, n)``.
 
-    ``k(a, b) = |a ∩ b| + pair_scale * C(|a ∩ b|, 2) + SIZE_SCALE * sum_d P_d(|a|) P_d(|b|)``: the inner
-    product of the features ``x_i``, ``sqrt(pair_scale) x_i x_l`` (``i < l``) and the size polynomials.
+    The inner product of the features ``sqrt(s_d) P_d(|S|) x_i`` (linear effects that vary smoothly with the
+    coalition's size, ``s_0 = 1``), ``sqrt(pair_scale) x_i x_l`` (``i < l``) and ``sqrt(SIZE_SCALE) P_d(|S|)``
+    (symmetric size trend): ``|a ∩ b| sum_d s_d P_d(|a|) P_d(|b|) + pair_scale C(|a ∩ b|, 2) + SIZE_SCALE ...``.
     """
     n = a.shape[1]
     common = a.astype(np.float64) @ b.astype(np.float64).T
-    sa, sb = _size_features(a.sum(axis=1), n), _size_features(b.sum(axis=1), n)
-    return common + pair_scale * common * (common - 1) / 2 + SIZE_SCALE * sa @ sb.T
+    ta, tb = a.sum(axis=1), b.sum(axis=1)
+    sa, sb = _size_features(ta, n, options.slope_degree), _size_features(tb, n, options.slope_degree)
+    lin = common * ((sa * _slope_scales(options.slope_scale, options.slope_degree)) @ sb.T)
+    qa, qb = _size_features(ta, n, SIZE_DEGREE), _size_features(tb, n, SIZE_DEGREE)
+    return lin + options.pair_scale * common * (common - 1) / 2 + SIZE_SCALE * qa @ qb.T
 
 
-def kernel_effects(z: np.ndarray, pair_scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """``D`` of the kernel functions ``k(z_j, .)`` of the training coalitions ``z`` ``(m, n)``.
+def class_effects(z: np.ndarray, options: RegressionOptions) -> np.ndarray:
+    """``(n_classes, n, m)``: ``D`` summed over each middle class's sizes of the kernel functions ``k(z_j, .)`` of the
+    training coalitions ``z`` ``(m, n)`` (the proxy ``sum_j a_j k(z_j, .)`` has ``D`` of class ``c`` ``out[c] @ a``).
 
-    ``D_i(t)`` of ``k(z_j, .)`` is ``lin[i, j] + (t - 1) * pair[i, j]``: the linear game ``sum_{l in z} x_l`` has
-    ``D_i = (n 1[i in z] - |z|) / (n - 1)`` at every size; the pairwise game ``sum_{l<k in z} x_l x_k`` (weight
-    ``pair_scale``) has ``D_i(t) = (t - 1) (G_i / (n - 1) - 2 (G - G_i) / ((n - 1) (n - 2)))`` with ``G_i`` the
-    pairs holding ``i`` and ``G`` all pairs. The size polynomials are symmetric: no ``D``. Both ``(n, m)``.
+    The game ``q(|S|) sum_{l in z} x_l`` has ``D_i(t) = q(t) (n 1[i in z] - |z|) / (n - 1)``; the pairwise game
+    ``sum_{l<k in z} x_l x_k`` has ``D_i(t) = (t - 1) (G_i / (n - 1) - 2 (G - G_i) / ((n - 1) (n - 2)))`` with
+    ``G_i`` the pairs holding ``i`` and ``G`` all pairs; the size polynomials are symmetric: no ``D``.
     """
     n = z.shape[1]
     zt = z.T.astype(np.float64)  # (n, m)
     size = zt.sum(axis=0)  # (m,)
-    lin = (n * zt - size) / (n - 1)
+    base = (n * zt - size) / (n - 1)
     g_i = zt * (size - 1)
     g = size * (size - 1) / 2
-    pair = pair_scale * (g_i / (n - 1) - 2 * (g - g_i) / ((n - 1) * (n - 2)))
-    return lin, pair
+    pair = options.pair_scale * (g_i / (n - 1) - 2 * (g - g_i) / ((n - 1) * (n - 2)))
+    scales = _slope_scales(options.slope_scale, options.slope_degree)
+    q_z = _size_features(size, n, options.slope_degree) * scales  # (m, d)
+    out = []
+    for c in size_classes(n):
+        q_c = _size_features(np.array(c), n, options.slope_degree).sum(axis=0)  # (d,)
+        out.append(base * (q_z @ q_c)[None, :] + sum(t - 1 for t in c) * pair)
+    return np.stack(out)
 
 
 def size_weights(x: np.ndarray) -> np.ndarray:
@@ -165,13 +186,15 @@ def size_weights(x: np.ndarray) -> np.ndarray:
 
 
 def regression_values(x: np.ndarray, classes: np.ndarray, vx: np.ndarray, vc: np.ndarray, ends: dict[str, np.ndarray],
-                      pair_scale: float = PAIR_SCALE, ridge: float = RIDGE) -> tuple[np.ndarray, np.ndarray]:
+                      options: RegressionOptions | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Values and standard errors ``(n, k)`` from the pairs and the exact ends.
 
     ``x`` ``(m, n)`` bool: the pairs' smaller coalitions, ``classes`` ``(m,)`` their class, ``vx``/``vc`` ``(m, k)``
     the values of the coalitions and their complements; ``ends``: ``empty``, ``full`` ``(k,)``, ``eye`` ``(n, k)``
-    (singletons) and ``loo`` ``(n, k)`` (leave-one-out).
+    (singletons) and ``loo`` ``(n, k)`` (leave-one-out). Standard errors are NaN where they cannot be estimated
+    (no pair, or no class with two pairs).
     """
+    options = options or RegressionOptions()
     m, n = x.shape
     k = vx.shape[1]
     empty, full = ends["empty"], ends["full"]
@@ -179,62 +202,47 @@ def regression_values(x: np.ndarray, classes: np.ndarray, vx: np.ndarray, vc: np
     eye = np.eye(n, dtype=bool)
     z = np.concatenate([np.zeros((1, n), bool), np.ones((1, n), bool), eye, ~eye, x, ~x])
     y = np.concatenate([empty[None], full[None], ends["eye"], ends["loo"], vx, vc])
-    fixed = 2 + 2 * n  # rows not in any pair
-    lam = ridge * n / 2  # from n alone: the linear features' share of the kernel's diagonal at the middle size
-    # centre y on the fixed rows' mean (a constant: no D, and the fixed rows do not depend on the pairs)
-    y0 = y[:fixed].mean(axis=0)
-    p = np.linalg.inv(proxy_kernel(z, z, pair_scale) + lam * np.eye(len(z)))  # (N, N)
-    alpha = p @ (y - y0)  # (N, k)
-    lin, pair = kernel_effects(z, pair_scale)  # (n, N) each
+    fixed = 2 + 2 * n  # rows in no pair
+    lam = options.ridge * n / 2  # from n alone: the linear features' part of the kernel's diagonal at the middle
+    y0 = y[:fixed].mean(axis=0)  # a constant has no D; the fixed rows do not depend on the pairs
+    p = np.linalg.inv(proxy_kernel(z, z, options) + lam * np.eye(len(z)))  # (N, N)
+    alpha = p @ (y - y0)  # (N, k): the proxy fitted on every coalition
+    effects = class_effects(z, options)  # (C, n, N)
     sizes = size_classes(n)
-    # each class's D summed over its sizes, for the coefficient vectors a: lin @ a * len(c) + pair @ a * sum(t - 1)
-    n_t = np.array([len(c) for c in sizes], float)
-    t1 = np.array([sum(t - 1 for t in c) for c in sizes], float)
     wx, wc = size_weights(x), size_weights(~x)  # (m, n)
-    ys = np.zeros((m, n, k))  # each pair's estimate of its class's sum of D
-    if m:
-        lin_p, pair_p = lin @ p, pair @ p  # (n, N)
-        lin_a, pair_a = lin @ alpha, pair @ alpha  # (n, k)
-        for j in range(m):
-            rows = [fixed + j, fixed + m + j]
-            u = np.linalg.solve(p[np.ix_(rows, rows)], alpha[rows])  # (2, k): the pair's leave-out residuals
-            c = classes[j]
-            # the proxy refitted without the pair: alpha - p[:, rows] @ u; its D over the class's sizes
-            proxy_d = n_t[c] * (lin_a - lin_p[:, rows] @ u) + t1[c] * (pair_a - pair_p[:, rows] @ u)
-            corr = wx[j][:, None] * u[0][None] + wc[j][:, None] * u[1][None]  # (n, k)
-            ys[j] = proxy_d + (corr / 2 if len(sizes[c]) == 1 else corr)
-    # the proxy fitted on everything: D of classes with no pair
-    proxy_all = n_t[:, None, None] * (lin @ alpha)[None] + t1[:, None, None] * (pair @ alpha)[None]  # (C, n, k)
-    total = np.zeros((n, k))
-    var = np.zeros((n, k))
-    unknown: list[int] = []  # classes with one pair: their variance is pooled from the others
-    pooled, n_pooled = np.zeros((n, k)), 0
-    missing = []
+    ys = np.zeros((m, n, k))  # each pair's unbiased estimate of its class's sum of D
+    for j in range(m):
+        rows = [fixed + j, fixed + m + j]
+        u = np.linalg.solve(p[np.ix_(rows, rows)], alpha[rows])  # (2, k): the pair's leave-out residuals
+        c = classes[j]
+        # the proxy refitted without the pair has coefficients alpha - p[:, rows] @ u (block inverse)
+        proxy_d = effects[c] @ alpha - (effects[c] @ p[:, rows]) @ u
+        corr = wx[j][:, None] * u[0][None] + wc[j][:, None] * u[1][None]  # (n, k)
+        ys[j] = proxy_d + (corr / 2 if len(sizes[c]) == 1 else corr)
+    total, var = np.zeros((n, k)), np.zeros((n, k))
+    pooled, n_pooled, singles, missing = np.zeros((n, k)), 0, 0, []
     for c in range(len(sizes)):
         mine = ys[classes == c]
-        if len(mine) == 0:
-            total += proxy_all[c]
+        if not len(mine):  # no pair: the proxy fitted on everything (biased)
+            total += effects[c] @ alpha
             missing.append(sizes[c])
-            continue
-        total += mine.mean(axis=0)
-        if len(mine) >= 2:
+        elif len(mine) == 1:
+            total += mine[0]
+            singles += 1
+        else:
+            total += mine.mean(axis=0)
             s2 = mine.var(axis=0, ddof=1)
             var += s2 / len(mine)
-            pooled += s2
-            n_pooled += 1
-        else:
-            unknown.append(c)
+            pooled, n_pooled = pooled + s2, n_pooled + 1
     if missing:
         log.info("regression: %d pairs for %d size classes; sizes %s take the proxy's effects (biased)",
                  m, len(sizes), missing)
-    if unknown:
-        var += len(unknown) * (pooled / n_pooled if n_pooled else np.nan)
-    if missing:
-        var += np.nan if not m else 0.0
+    if singles:  # a class with one pair: the mean variance of the classes with two or more
+        var += singles * (pooled / n_pooled if n_pooled else np.nan)
     values = (full - empty) / n + (d1 + dn1 + total) / n
     err = SE_CALIBRATION * np.sqrt(var) / n
-    if missing or not m:
-        err = np.full((n, k), np.nan) if not m else err
+    if missing or not n_pooled:
+        err = np.full((n, k), np.nan)
     return values, err
 
 
@@ -266,6 +274,5 @@ class RegressionExplainer(Estimator):
         x, classes = pair_design(n, (task.max_evals - 2 - 2 * n) // 2, rng)
         v = scorer(np.concatenate([x, ~x])) if len(x) else np.zeros((0, len(full)))
         values, err = regression_values(x, classes, v[: len(x)], v[len(x):],
-                                        {"empty": empty, "full": full, "eye": ends[:n], "loo": ends[n:]},
-                                        self.options.pair_scale, self.options.ridge)
+                                        {"empty": empty, "full": full, "eye": ends[:n], "loo": ends[n:]}, self.options)
         return scorer_attribution(scorer, values, empty, err)
