@@ -19,10 +19,12 @@ coalitions holding feature ``i`` minus the mean of those without it,
    the allocation that minimises the variance when the residual's size does not depend on ``t``), and its
    coalition is uniform among those of that size. The sequence does not depend on the budget, so a larger
    budget with the same seed scores the same pairs first (precision rounds reuse them);
-3. the proxy: kernel ridge regression on every scored coalition with features ``x_i`` (linear, as
-   ContextCite), ``x_i x_l`` (pairwise, down-weighted by :data:`PAIR_SCALE`) and smooth functions of the size
-   (symmetric: they take up the size trend of deletion games and have no Shapley value). Its ``D_i(t)`` are
-   exact in closed form (:func:`class_effects`);
+3. the proxy: kernel ridge regression on every scored coalition with features ``x_i`` (linear, as ContextCite),
+   ``P_d(|S|) x_i`` (linear effects that vary smoothly with the coalition's size, degree :data:`SLOPE_DEGREE`),
+   optionally ``x_i x_l`` (pairwise, :data:`PAIR_SCALE`; off by default: each pair's correction sees only the
+   difference ``f(S) - f(S^c)``, in which pairwise interactions are linear, and on the recorded tables they
+   changed the error by under 1 %), and smooth functions of the size (symmetric: they take up the size trend of
+   deletion games and have no Shapley value). Its ``D_i(t)`` are exact in closed form (:func:`class_effects`);
 4. the correction of middle class ``c`` from each of its pairs: ``D(t)`` of the residual ``f - h_{-j}`` of
    the proxy refitted without pair ``j`` (cross-fitting: the proxy is independent of the pair it corrects, so
    each pair's estimate is unbiased; done in closed form by a block update of the kernel system), on a
@@ -56,7 +58,7 @@ from .registry import Estimator, register
 log = logging.getLogger(__name__)
 
 #: Scale of the pairwise features in the proxy's kernel relative to the linear ones (prior variance ratio).
-PAIR_SCALE = 0.5
+PAIR_SCALE = 0.0
 #: Scale of the symmetric size features (Legendre polynomials of the size, degrees 0..SIZE_DEGREE).
 SIZE_SCALE = 10.0
 #: Highest degree of the size polynomials.
@@ -84,7 +86,7 @@ class RegressionOptions:
 
     def __post_init__(self) -> None:
         if not self.pair_scale >= 0:
-            raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0.5.")
+            raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0 (the default) or 0.5.")
         if not self.ridge > 0:
             raise ConfigError(f"regression's ridge={self.ridge} must be > 0.", "Use e.g. ridge=0.03.")
 
