@@ -32,8 +32,9 @@ coalitions holding feature ``i`` minus the mean of those without it,
 
 Efficiency is exact: every ``D`` above (the exact ends, the proxy's, each correction) sums to 0 over the
 features, so the values sum to ``f(full) - f(empty)`` for every output token, to rounding. Standard errors:
-per class, the spread of its pairs' estimates over the root of their count (stratified sampling), classes
-with one pair taking the pooled variance of the others; scaled by :data:`SE_CALIBRATION`. The values are
+stratified sampling's, ``sqrt(sum_c s^2 / m_c)`` over the classes with ``m_c`` pairs, with one variance ``s^2``
+pooled from every class's spread of its pairs' estimates (more degrees of freedom than any class alone: at
+``4n + 2`` most classes hold one or two pairs), scaled by :data:`SE_CALIBRATION`. The values are
 unbiased Shapley estimates at every budget from ``2n + 4`` on, except when fewer pairs than classes are
 scored (classes without a pair then take the proxy's ``D``, which is biased; it is logged). Every output token
 is fitted and corrected with the same coalitions and the same kernel system (common random numbers). When
@@ -69,8 +70,9 @@ RIDGE = 0.03
 #: Scale of the size-modulated linear features relative to the plain linear ones, and their highest degree.
 SLOPE_SCALE = 1.0
 SLOPE_DEGREE = 1
-#: Factor on the stratified standard error (1: none).
-SE_CALIBRATION = 1.0
+#: Factor on the stratified standard error: with 1.1 the 95 % intervals held the exact values 92 %, 95 % and 97 %
+#: of the time at 4n + 2, 8n + 2 and 16n + 2 on benchmarks/tables (attention masking, log-odds; 90-96 % with 1).
+SE_CALIBRATION = 1.1
 
 
 @dataclass(frozen=True)
@@ -221,31 +223,25 @@ def regression_values(x: np.ndarray, classes: np.ndarray, vx: np.ndarray, vc: np
         proxy_d = effects[c] @ alpha - (effects[c] @ p[:, rows]) @ u
         corr = wx[j][:, None] * u[0][None] + wc[j][:, None] * u[1][None]  # (n, k)
         ys[j] = proxy_d + (corr / 2 if len(sizes[c]) == 1 else corr)
-    total, var = np.zeros((n, k)), np.zeros((n, k))
-    pooled, n_pooled, singles, missing = np.zeros((n, k)), 0, 0, []
+    # per class: the mean of its pairs' estimates; the classes' spreads are pooled into one variance (more degrees
+    # of freedom than any class alone: at 4n + 2 most classes hold one or two pairs)
+    total, spread, dof, covered, missing = np.zeros((n, k)), np.zeros((n, k)), 0, np.zeros(len(sizes)), []
     for c in range(len(sizes)):
         mine = ys[classes == c]
         if not len(mine):  # no pair: the proxy fitted on everything (biased)
             total += effects[c] @ alpha
             missing.append(sizes[c])
-        elif len(mine) == 1:
-            total += mine[0]
-            singles += 1
-        else:
-            total += mine.mean(axis=0)
-            s2 = mine.var(axis=0, ddof=1)
-            var += s2 / len(mine)
-            pooled, n_pooled = pooled + s2, n_pooled + 1
+            continue
+        total += mine.mean(axis=0)
+        covered[c] = 1 / len(mine)
+        spread += ((mine - mine.mean(axis=0)) ** 2).sum(axis=0)
+        dof += len(mine) - 1
     if missing:
         log.info("regression: %d pairs for %d size classes; sizes %s take the proxy's effects (biased)",
                  m, len(sizes), missing)
-    if singles:  # a class with one pair: the mean variance of the classes with two or more
-        var += singles * (pooled / n_pooled if n_pooled else np.nan)
+    var = covered.sum() * spread / dof if dof and not missing else np.full((n, k), np.nan)
     values = (full - empty) / n + (d1 + dn1 + total) / n
-    err = SE_CALIBRATION * np.sqrt(var) / n
-    if missing or not n_pooled:
-        err = np.full((n, k), np.nan)
-    return values, err
+    return values, SE_CALIBRATION * np.sqrt(var) / n
 
 
 @register
