@@ -35,8 +35,8 @@ features, so the values sum to ``f(full) - f(empty)`` for every output token, to
 stratified sampling's, ``sqrt(sum_c s^2 / m_c)`` over the classes with ``m_c`` pairs, with one variance ``s^2``
 pooled from every class's spread of its pairs' estimates (more degrees of freedom than any class alone: at
 ``4n + 2`` most classes hold one or two pairs), scaled by :data:`SE_CALIBRATION`. The values are
-unbiased Shapley estimates at every budget from ``2n + 4`` on, except when fewer pairs than classes are
-scored (classes without a pair then take the proxy's ``D``, which is biased; it is logged). Every output token
+unbiased Shapley estimates once every size class holds a pair (about ``n / 2`` classes: from about ``3n + 2``
+evaluations on); a class without a pair takes the proxy's ``D``, which is biased (logged; standard errors NaN). Every output token
 is fitted and corrected with the same coalitions and the same kernel system (common random numbers). When
 the budget covers every coalition the values are exact (standard error 0); below ``2n + 2``, or under 4
 features, it runs ``kernel``.
