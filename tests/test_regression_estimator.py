@@ -138,3 +138,21 @@ def test_rounds_reuse_the_coalitions_scored():
 def test_bad_options_are_refused(options):
     with pytest.raises(Exception, match="regression"):
         RegressionExplainer(options)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_explain_a_tiny_model_with_words_and_a_precision(tiny_neo):
+    """Through shapshift.explain on a real (tiny) model: word features, precision rounds, efficiency."""
+    import shapshift
+
+    model, tok = tiny_neo
+    text = "a quiet , tender and very moving film about two old friends"
+    [exp] = shapshift.explain(model, tok, [text], targets=[" positive"], method="regression", unit="word",
+                              max_evals=120, precision=0.99, progress=False, context="Review:{input}\nSentiment:")
+    values = np.asarray(exp.values)
+    assert values.shape[0] == len(text.split()) and np.all(np.isfinite(np.asarray(exp.error_std)))
+    # efficiency: the values plus the base value give the full input's score, per output token
+    full = np.asarray(exp.base_values) + values.sum(axis=0)
+    again = shapshift.explain(model, tok, [text], targets=[" positive"], method="kernel", unit="word", max_evals=40,
+                              progress=False, context="Review:{input}\nSentiment:")[0]  # efficiency exact too
+    np.testing.assert_allclose(full, np.asarray(again.base_values) + np.asarray(again.values).sum(axis=0), atol=1e-4)
