@@ -50,10 +50,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
-from .exact import all_coalitions, shapley_from_table
-from .kernel import KernelExplainer
-from .quadrature import end_effects
+from .base import Attribution, ExplainTask, scorer_attribution
+from .quadrature import end_effects, scored_ends
 from .registry import Estimator, register
 
 log = logging.getLogger(__name__)
@@ -259,17 +257,10 @@ class RegressionExplainer(Estimator):
 
     def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
-        if n <= 16 and task.max_evals >= 2**n:  # everything affordable: exact, no error
-            v = scorer(all_coalitions(n))
-            return scorer_attribution(scorer, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
-        if n < 4 or task.max_evals < 2 * n + 2:
-            return KernelExplainer().attribute(task, scorer)
-        rng = np.random.default_rng(task.seed)
-        empty, full = endpoints(task, scorer)
-        if n == 1:  # pragma: no cover - handled by the branches above
-            return single_feature(scorer, empty, full)
-        eye = np.eye(n, dtype=bool)
-        ends = scorer(np.concatenate([eye, ~eye]))
+        start = scored_ends(task, scorer)  # exact when affordable, kernel's below 2n + 2, else the ends
+        if isinstance(start, Attribution):
+            return start
+        empty, full, ends, rng = start
         x, classes = pair_design(n, (task.max_evals - 2 - 2 * n) // 2, rng)
         v = scorer(np.concatenate([x, ~x])) if len(x) else np.zeros((0, len(full)))
         values, err = regression_values(x, classes, v[: len(x)], v[len(x):],
