@@ -10,9 +10,9 @@ import pytest
 
 from shapshift.explainers.exact import all_coalitions
 from shapshift.explainers.precision import explain_to_precision
-from shapshift.explainers.topk import expected_topk_agreement, stopping_rule
+from shapshift.explainers.topk import stopping_rule
 from shapshift.scoring import TableScorer
-from shapshift.stats import expected_rank_agreement
+from shapshift.stats import expected_rank_agreement, expected_topk_agreement
 
 
 def test_limits():

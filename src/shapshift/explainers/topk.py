@@ -2,7 +2,7 @@
 
 :func:`shapshift.stats.expected_rank_agreement` predicts the Spearman correlation of two independent runs'
 importances over every feature; overlap@k (``shapshift.overlap``) compares only the ``k`` most important.
-:func:`expected_topk_agreement` predicts that instead, the same way: both runs simulated as the values plus
+:func:`shapshift.stats.expected_topk_agreement` predicts that instead, the same way: both runs simulated as the values plus
 independent normal errors of the reported standard errors, importance ``|value|`` summed over the output
 tokens, and the mean share ``|T_a ∩ T_b| / k`` of their top-k sets.
 
@@ -18,40 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..stats import N_SIMULATIONS, expected_rank_agreement, importance_batch
+from ..stats import expected_rank_agreement, expected_topk_agreement
 
 #: The rules :func:`stopping_rule` knows.
 RULES = ("spearman", "top_k", "both")
 
 Agreement = Callable[[np.ndarray, "np.ndarray | None", int], float]
-
-
-def expected_topk_agreement(values: np.ndarray, error_std: np.ndarray | None, k: int, n_sim: int = N_SIMULATIONS,
-                            seed: int = 0) -> float:
-    """Expected overlap@k (share of common features in the two top-k sets, in [0, 1]) of two independent runs.
-
-    ``values``, ``error_std``: ``(n_in, n_out)`` (or ``(n_in,)``). 1.0 when ``k >= n_in`` or every standard error
-    is 0; NaN when one is unknown (NaN) or missing. Deterministic for a given ``seed``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if k >= n:
-        return 1.0
-    if error_std is None or not np.all(np.isfinite(error_std)):
-        return float("nan")
-    err = np.asarray(error_std, dtype=np.float64)
-    if not np.any(err > 0):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    tops = []
-    for _ in range(2):
-        imp = importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err)  # (n_sim, n)
-        top = np.zeros((n_sim, n), bool)
-        np.put_along_axis(top, np.argsort(-imp, axis=1, kind="stable")[:, :k], True, axis=1)
-        tops.append(top)
-    return float((tops[0] & tops[1]).sum(axis=1).mean() / k)
 
 
 def stopping_rule(rule: str = "spearman", k: int = 3) -> Agreement:
