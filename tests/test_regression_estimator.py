@@ -134,7 +134,7 @@ def test_rounds_reuse_the_coalitions_scored():
     assert result.attribution.n_evals <= 200 and result.rounds >= 2
 
 
-@pytest.mark.parametrize("options", [{"ridge": 0}, {"pair_scale": -1}])
+@pytest.mark.parametrize("options", [{"ridge": 0}, {"pair_scale": -1}, {"slope_degree": -1}, {"slope_scale": -2}])
 def test_bad_options_are_refused(options):
     with pytest.raises(Exception, match="regression"):
         RegressionExplainer(options)

@@ -69,7 +69,7 @@ RIDGE = 0.03
 SLOPE_SCALE = 1.0
 SLOPE_DEGREE = 1
 #: Factor on the stratified standard error: with 1.1 the 95 % intervals held the exact values 92 %, 95 % and 97 %
-#: of the time at 4n + 2, 8n + 2 and 16n + 2 on benchmarks/tables (attention masking, log-odds; 90-96 % with 1).
+#: of the time at 4n + 2, 8n + 2 and 16n + 2 on benchmarks/tables (attention masking, log-odds; 90-95 % with 1: benchmarks/REGRESSION_DESIGN.md).
 SE_CALIBRATION = 1.1
 
 
@@ -89,6 +89,9 @@ class RegressionOptions:
             raise ConfigError(f"regression's pair_scale={self.pair_scale} must be >= 0.", "Use e.g. pair_scale=0 (the default) or 0.5.")
         if not self.ridge > 0:
             raise ConfigError(f"regression's ridge={self.ridge} must be > 0.", "Use e.g. ridge=0.03.")
+        if not (self.slope_scale >= 0 and 0 <= self.slope_degree <= 6):
+            raise ConfigError(f"regression's slope_scale={self.slope_scale} must be >= 0 and slope_degree="
+                              f"{self.slope_degree} between 0 and 6.", "Use e.g. slope_scale=1, slope_degree=1.")
 
 
 def size_classes(n: int) -> list[tuple[int, ...]]:
