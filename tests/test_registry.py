@@ -137,7 +137,7 @@ def test_auto_is_a_policy_over_the_entries():
     ladder = [(c.name, c.auto_max_features) for c in auto_candidates()]
     assert ladder == [("exact", 5), ("quadrature", 64), ("hierarchical", None)]
     assert [choose_method(n) for n in (1, 5, 6, 64, 65, 2000)] == ["exact"] * 2 + ["quadrature"] * 2 + ["hierarchical"] * 2
-    assert set(round_methods()) == {"quadrature", "kernel", "sampling"}
+    assert set(round_methods()) == {"quadrature", "kernel", "sampling", "regression"}
     for name, cls in REGISTRY.items():
         assert cls.name == name and cls.budget and cls.make_options({}) is not None
     assert {n for n, c in REGISTRY.items() if c.deterministic} >= {"exact", "hierarchical", "attention"}

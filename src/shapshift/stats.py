@@ -170,13 +170,11 @@ def row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide((ra * rb).sum(axis=1), den, out=np.zeros(len(a)), where=den > 0)
 
 
-def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
-                            seed: int = 0) -> float:
-    """Expected Spearman of the importances of two independent runs, from ``values`` and ``error_std`` ``(n_in, n_out)``.
-
-    1.0 for exact values (zero standard errors) or a single input token; NaN when a standard error is
-    unknown (NaN) or missing. Deterministic for a given ``seed``.
-    """
+def simulated_runs(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray] | float:
+    """The importances ``(n_sim, n_in)`` of two simulated independent runs (the values plus independent normal errors
+    of ``error_std``), or the agreement itself where no simulation is needed: 1.0 for exact values (zero standard
+    errors) or a single input token, NaN when a standard error is unknown (NaN) or missing."""
     values = np.asarray(values, dtype=np.float64)
     if values.shape[0] < 2:
         return 1.0
@@ -186,8 +184,41 @@ def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_
     if not np.any(err > 0):
         return 1.0
     rng = np.random.default_rng(seed)
-    runs = [importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err) for _ in range(2)]
-    return float(row_spearman(*runs).mean())
+    a, b = (importance_batch(values + rng.standard_normal((n_sim, *values.shape)) * err) for _ in range(2))
+    return a, b
+
+
+def expected_rank_agreement(values: np.ndarray, error_std: np.ndarray | None, n_sim: int = N_SIMULATIONS,
+                            seed: int = 0) -> float:
+    """Expected Spearman of the importances of two independent runs, from ``values`` and ``error_std`` ``(n_in, n_out)``.
+
+    1.0 for exact values (zero standard errors) or a single input token; NaN when a standard error is
+    unknown (NaN) or missing. Deterministic for a given ``seed``.
+    """
+    runs = simulated_runs(values, error_std, n_sim, seed)
+    return runs if isinstance(runs, float) else float(row_spearman(*runs).mean())
+
+
+def expected_topk_agreement(values: np.ndarray, error_std: np.ndarray | None, k: int, n_sim: int = N_SIMULATIONS,
+                            seed: int = 0) -> float:
+    """Expected overlap@k (share of common features in the two top-k sets, in [0, 1]) of two independent runs,
+    simulated as for :func:`expected_rank_agreement` from ``values`` and ``error_std`` ``(n_in, n_out)``.
+
+    1.0 when ``k >= n_in`` or for exact values; NaN when a standard error is unknown (NaN) or missing.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if k >= np.asarray(values).shape[0]:
+        return 1.0
+    runs = simulated_runs(values, error_std, n_sim, seed)
+    if isinstance(runs, float):
+        return runs
+    tops = []
+    for imp in runs:
+        top = np.zeros(imp.shape, bool)
+        np.put_along_axis(top, np.argsort(-imp, axis=1, kind="stable")[:, :k], True, axis=1)
+        tops.append(top)
+    return float((tops[0] & tops[1]).sum(axis=1).mean() / k)
 
 
 def importance_batch(values: np.ndarray) -> np.ndarray:

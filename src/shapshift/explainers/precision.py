@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +79,20 @@ class PrecisionResult:
     budget: int
 
 
+def _rank_agreement(values: np.ndarray, error_std: np.ndarray | None, seed: int) -> float:
+    return expected_rank_agreement(values, error_std, seed=seed)
+
+
 def explain_to_precision(task: ExplainTask, scorer: Any, method: str | Estimator, target: float, max_evals: int,
-                         first_budget: int | None = None) -> PrecisionResult:
+                         first_budget: int | None = None,
+                         agreement: Callable[[np.ndarray, np.ndarray | None, int], float] | None = None
+                         ) -> PrecisionResult:
     """Run ``method`` (a name or a built estimator) in rounds of growing budget, scoring with ``scorer``, until
     its predicted precision reaches ``target`` or ``max_evals``.
 
     ``first_budget``: the first round's evaluations (default ``4n + 2``, at most ``max_evals``).
+    ``agreement``: the predicted precision ``(values, error_std, seed) -> float`` (default: the expected rank
+    agreement; :func:`shapshift.explainers.topk.stopping_rule` gives the top-k one).
     The attribution's ``n_evals`` counts every distinct coalition scored over all rounds.
     """
     estimator = REGISTRY[method]() if isinstance(method, str) and method in REGISTRY else method
@@ -99,7 +108,7 @@ def explain_to_precision(task: ExplainTask, scorer: Any, method: str | Estimator
         run.max_evals = budget
         att = estimator.attribute(run, cache)
         att.n_evals = cache.n_evals
-        precision = expected_rank_agreement(att.values, att.error_std, seed=task.seed)
+        precision = (agreement or _rank_agreement)(att.values, att.error_std, task.seed)
         log.debug("round %d: %d evaluations, precision %.3f", rounds, cache.n_evals, precision)
         exhausted = budget >= max_evals or (n <= 16 and budget >= 2**n)
         if (not math.isnan(precision) and precision >= target) or exhausted:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Attribution, ExplainTask, endpoints, scorer_attribution, single_feature
+from .base import Attribution, ExplainTask, endpoints, scorer_attribution
 from .exact import all_coalitions, shapley_from_table
 from .kernel import KernelExplainer
 from .registry import Estimator, register
@@ -173,6 +173,26 @@ def jackknife_std(x: np.ndarray, vx: np.ndarray, vc: np.ndarray, d1: np.ndarray,
     return err
 
 
+def scored_ends(task: ExplainTask, scorer) -> Attribution | tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+    """What the estimators over coalition sizes (this one, ``regression``) start with.
+
+    The attribution itself when the budget covers every coalition (exact values, standard error 0) or when it
+    is below ``2n + 2`` or ``n < 4`` (``kernel``'s); otherwise ``(empty, full, ends, rng)``: the scores ``(k,)``
+    of the empty and full inputs, ``ends`` ``(2n, k)`` of the singletons then the leave-one-outs, and the
+    task's random generator (nothing drawn from it yet).
+    """
+    n = task.n_features
+    if n <= 16 and task.max_evals >= 2**n:  # everything affordable: exact, no error
+        v = scorer(all_coalitions(n))
+        return scorer_attribution(scorer, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
+    if n < 4 or task.max_evals < 2 * n + 2:
+        return KernelExplainer().attribute(task, scorer)
+    rng = np.random.default_rng(task.seed)
+    empty, full = endpoints(task, scorer)
+    eye = np.eye(n, dtype=bool)
+    return empty, full, scorer(np.concatenate([eye, ~eye])), rng
+
+
 @register
 class QuadratureExplainer(Estimator):
     """Exact end sizes + regression-adjusted middle size + quadrature over sizes; jackknife standard errors."""
@@ -186,17 +206,10 @@ class QuadratureExplainer(Estimator):
 
     def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
-        if n <= 16 and task.max_evals >= 2**n:  # everything affordable: exact, no error
-            v = scorer(all_coalitions(n))
-            return scorer_attribution(scorer, shapley_from_table(v, n), v[0], np.zeros((n, v.shape[1])))
-        if n < 4 or task.max_evals < 2 * n + 2:
-            return KernelExplainer().attribute(task, scorer)
-        rng = np.random.default_rng(task.seed)
-        empty, full = endpoints(task, scorer)
-        if n == 1:  # pragma: no cover - handled by the branches above
-            return single_feature(scorer, empty, full)
-        eye = np.eye(n, dtype=bool)
-        ends = scorer(np.concatenate([eye, ~eye]))
+        start = scored_ends(task, scorer)
+        if isinstance(start, Attribution):
+            return start
+        empty, full, ends, rng = start
         d1, dn1 = end_effects(ends[:n], ends[n:])
         delta = full - empty
         x = pair_design(n, (task.max_evals - 2 - 2 * n) // 2, rng)
