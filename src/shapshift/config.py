@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from . import conditions as _conditions
+from .backends.capabilities import ACCESS, ROUTES
+from .backends.scalarizers import SCALARIZERS
 from .errors import ConfigError
 
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).
@@ -86,6 +88,13 @@ class ModelConfig:
     served_name: str | None = None  # remote: the request's "model" field; None: the server's first model
     api_key_env: str = "OPENAI_API_KEY"  # remote: the environment variable holding the API key (never the key)
     concurrency: int = 8  # remote: requests in flight at once
+    access: str = "auto"  # remote: auto (the strongest tier the server offers) | prompt_logprobs | top_logprobs | text
+    route: str = "auto"  # remote: auto | completions (/v1/completions) | chat (/v1/chat/completions, prompts as messages)
+    top_k: int = 20  # remote, top_logprobs tier: log-probabilities asked per generated token (OpenAI allows 20)
+    scalarizer: str = "auto"  # remote, text tier: auto | starts_with | token_f1 | rouge_l | embedding
+    repeats: int = 2  # remote, text tier: extra answers of 3 coalitions per example, measuring the API's nondeterminism
+    max_requests: int | None = None  # remote: hard cap on requests sent (the run stops before passing it)
+    max_tokens: int | None = None  # remote: hard cap on prompt + completion tokens the server counts
 
     def validate(self) -> None:
         if not self.spec.strip():
@@ -95,6 +104,13 @@ class ModelConfig:
                               "Use auto, float32, float16 or bfloat16.")
         if self.concurrency < 1:
             raise ConfigError(f"model.concurrency={self.concurrency} must be at least 1.")
+        for key, value, allowed in (("access", self.access, ACCESS), ("route", self.route, ROUTES),
+                                    ("scalarizer", self.scalarizer, SCALARIZERS)):
+            if value not in allowed:
+                raise ConfigError(f"model.{key}={value!r} is unknown.", f"Use one of {', '.join(allowed)}.")
+        if self.top_k < 1 or self.repeats < 0 or any(v is not None and v < 1 for v in (self.max_requests, self.max_tokens)):
+            raise ConfigError(f"model.top_k={self.top_k} must be at least 1, model.repeats={self.repeats} at least 0, "
+                              f"model.max_requests={self.max_requests} and model.max_tokens={self.max_tokens} at least 1.")
 
 
 @dataclass
@@ -357,6 +373,11 @@ class RunConfig:
                               "Name the label column in both (e.g. label), or use explain.target=reference.")
         if is_remote(self.model.spec):
             self._validate_remote()
+            from .backends.checks import (
+                check_config,  # the capability checks (issue 26); to move out of config
+            )
+
+            check_config(self)
         return self
 
     def _validate_remote(self) -> None:

@@ -22,13 +22,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import conditions, parallel, stages
+from .backends.capabilities import capabilities
+from .backends.load import load_config_model
 from .conditions import BASELINE, NOISE_FLOOR
 from .config import RunConfig, resolve_masking
 from .errors import ArtifactError, DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
+from .explainers.costs import announce_cost
 from .explainers.registry import masking_used
 from .generation import generate
-from .models import load_model
 from .prompting import PromptParts, encode_prompt, encode_targets, token_strings
 from .scoring import make_scorer
 from .stages import STAGES, invalidate_from, stage_fingerprint, stage_record, stage_status
@@ -112,10 +114,9 @@ def _explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, 
         log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
                  ", ".join(map(str, sorted(done))))
     reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
-    if getattr(model, "is_remote", False) and parallel.is_main():
-        from .remote.costs import announce_cost
-
-        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals)
+    if capabilities(model).remote and parallel.is_main():
+        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals,
+                                 precision=ex.precision, unit=ex.unit)
                        for p, t, r in zip(parts, targets, rows.itertuples()) if int(r.example_id) not in done],
                       ex.method, f"explain {condition}")
     listed = list(rows.itertuples())
@@ -383,9 +384,7 @@ def load_run_model(cfg: RunConfig) -> tuple[Any, Any]:
     m = cfg.model
     # under a launcher each process takes its own device (cuda:<local rank>), not every one the first GPU
     device = (parallel.device() if m.device in ("auto", "cuda") else None) or m.device
-    return load_model(m.spec, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
-                      tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
-                      concurrency=m.concurrency)
+    return load_config_model(m, cfg.run_dir, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
 
 
 def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True,
@@ -446,7 +445,7 @@ def _run_stages(cfg: RunConfig, store: RunStore, todo: list, *, fresh: bool, loa
                 model, tokenizer = (loader or load_run_model)(cfg)
             function(cfg, model, tokenizer, resume=True)
         log.info("stage %s: finished in %.0f s; results in %s", stage.name, time.perf_counter() - start, cfg.run_dir)
-        if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
+        if capabilities(model).remote:  # what the server was asked for: requests, retries, tokens
             store.update_manifest(remote_usage=model.usage_dict())
         parallel.wait()
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..config import REMOTE_PREFIX
+from ..backends.capabilities import Capabilities
+from ..config import REMOTE_MASKINGS, REMOTE_PREFIX
 from ..errors import ConfigError, ModelError
+from ..generation import trim_generation
+from ..models import OFFLINE_DEFAULT, prepare_tokenizer, smollm2_tokenizer
 from .client import CompletionsClient, HTTPStatusError, Usage
+from .scorer import RemoteScorer
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +62,14 @@ class RemoteModel:
     (:class:`shapshift.remote.scorer.RemoteScorer`), :meth:`generate_greedy` the continuations.
     """
 
-    is_remote = True
+    #: The echo tier: prompt log-probabilities over /v1/completions, the served model's tokens (the probe checks them).
+    capabilities = Capabilities(backend="echo", tier="prompt_logprobs", maskings=REMOTE_MASKINGS, route="completions")
 
     def __init__(self, base_url: str, tokenizer: Any, *, served_name: str | None = None, api_key: str | None = None,
-                 concurrency: int = 8, probe: bool = True) -> None:
+                 concurrency: int = 8, probe: bool = True, client: CompletionsClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokenizer = tokenizer
-        self.client = CompletionsClient(self.base_url, api_key=api_key, concurrency=concurrency)
-        # what the rest of shapshift reads from a model's config: no context length known here
-        self.config = SimpleNamespace(pad_token_id=tokenizer.pad_token_id, max_position_embeddings=None)
+        self.client = client or CompletionsClient(self.base_url, api_key=api_key, concurrency=concurrency)
         self.served_name = served_name or self._first_served_name()
         self.accepts_ids = True
         self.prepend_bos: int | None = None
@@ -250,8 +252,6 @@ class RemoteModel:
     # -- what the pipeline calls ---------------------------------------------------------------------
     def make_scorer(self, prompt: Any, target_ids: Sequence[int], **options: Any):
         """The scorer of one example (:class:`shapshift.remote.scorer.RemoteScorer`); same options as the local one."""
-        from .scorer import RemoteScorer
-
         return RemoteScorer(self, prompt, target_ids, **options)
 
     def generate_greedy(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 8,
@@ -261,8 +261,6 @@ class RemoteModel:
         The server returns text; it is tokenised here. A continuation the server ended (EOS) before
         ``max_new_tokens`` gets the EOS token, so an immediately ending one is explained as EOS, as locally.
         """
-        from ..generation import trim_generation
-
         payloads = [self._payload(self._wire(p), max_tokens=max_new_tokens, logprobs=False) for p in prompt_ids]
         out = []
         answers = self.client.post_many("/completions", payloads)
@@ -283,11 +281,9 @@ def load_remote(spec: str, *, tokenizer: str | None = None, served_name: str | N
     ``served_name``: the ``model`` field of each request (``None``: the first of the server's ``/models``);
     ``api_key_env``: the environment variable holding the API key (the key is read here and never stored).
     """
-    from ..models import OFFLINE_DEFAULT, _smollm2_tokenizer, prepare_tokenizer
-
     base_url = parse_spec(spec)
     if tokenizer in (None, "", OFFLINE_DEFAULT):
-        tok = _smollm2_tokenizer()
+        tok = smollm2_tokenizer()
     else:
         from transformers import AutoTokenizer
 
