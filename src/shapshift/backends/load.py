@@ -21,7 +21,7 @@ from ..errors import ConfigError, ModelError
 from ..models import OFFLINE_DEFAULT, prepare_tokenizer, smollm2_tokenizer
 from ..models import load_model as load_local
 from ..remote.answers import AnswerCache, RequestCap
-from ..remote.client import CompletionsClient
+from ..remote.client import TIMEOUT_S, CompletionsClient
 from ..remote.model import RemoteModel, parse_spec
 from .capabilities import ACCESS, ROUTES, TIERS
 from .text import TextModel
@@ -56,14 +56,15 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, access: str = _M.access, route: s
                max_tokens: int | None = _M.max_tokens, cache_dir: str | Path | None = None,
                tokenizer: str | None = _M.tokenizer, served_name: str | None = _M.served_name,
                api_key_env: str = _M.api_key_env, concurrency: int = _M.concurrency, seed: int = 0,
-               **local: Any) -> tuple[Any, Any]:
+               timeout_s: float = TIMEOUT_S, **local: Any) -> tuple[Any, Any]:
     """A model and tokenizer for ``spec``, its backend chosen from the spec (see the module docstring).
 
     A server's options: ``access`` (``auto`` or a tier), ``route`` (``auto``, ``completions``, ``chat``), ``top_k``
     (the top-k tier's list length), ``scalarizer`` and ``repeats`` (the text tier), ``max_requests`` /
     ``max_tokens`` (a hard cap: :class:`~shapshift.remote.answers.BudgetExhausted` before passing it),
     ``cache_dir`` (answers kept on disk there; a run keeps them in its folder), ``tokenizer``, ``served_name``,
-    ``api_key_env`` (the variable holding the key; the key is never stored), ``concurrency``, ``seed``.
+    ``api_key_env`` (the variable holding the key; the key is never stored), ``concurrency``, ``seed``,
+    ``timeout_s`` (seconds one request may take before it is retried).
     ``local``: :func:`shapshift.models.load_model`'s options (``device``, ``dtype``, ``trust_remote_code``).
     """
     if access not in ACCESS or route not in ROUTES:
@@ -78,7 +79,7 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, access: str = _M.access, route: s
     cache = AnswerCache(Path(cache_dir) / "answers.sqlite") if cache_dir is not None else None
     cap = RequestCap(max_requests, max_tokens) if (max_requests or max_tokens) else None
     client = CompletionsClient(base_url, api_key=os.environ.get(api_key_env) or None, concurrency=concurrency,
-                               cache=cache, cap=cap)
+                               cache=cache, cap=cap, timeout_s=timeout_s)
     common = {"served_name": served_name, "seed": seed}
     routes = ("completions", "chat") if route == "auto" else (route,)
     failed = []
