@@ -4,7 +4,8 @@
 ``http://127.0.0.1:8000``) and counts the POSTs that reach it. The faults are served in order, one to every other
 POST (the 2nd, 4th, ...), then none: ``429`` (Too Many Requests, ``Retry-After: 1``), ``503``, ``drop`` (the
 connection closed with no answer) and ``slow`` (an answer after ``SLOW_S`` seconds, past the client's time-out).
-``GET /_stats`` answers ``{"posts": POSTs received, "forwarded": POSTs forwarded, "faults": faults served}``.
+``GET /_stats`` answers ``{"posts": POSTs received, "forwarded": POSTs forwarded, "faults": faults served,
+"models": POSTs per request "model" field}``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ SLOW_S = 6.0
 
 def serve(upstream: str, port: int, faults: list[str]) -> None:
     lock = threading.Lock()
-    stats = {"posts": 0, "forwarded": 0, "faults": 0}
+    stats: dict = {"posts": 0, "forwarded": 0, "faults": 0, "models": {}}
     pending = list(faults)
     client = httpx.Client(base_url=upstream, timeout=600)
 
@@ -52,7 +53,12 @@ def serve(upstream: str, port: int, faults: list[str]) -> None:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                model = str(json.loads(body).get("model"))
+            except (ValueError, AttributeError):
+                model = "?"
             with lock:
+                stats["models"][model] = stats["models"].get(model, 0) + 1
                 stats["posts"] += 1
                 fault = pending.pop(0) if pending and stats["posts"] % 2 == 0 else None
                 stats["faults"] += fault is not None

@@ -172,9 +172,18 @@ def test_a_capped_run_stops_and_a_rerun_sends_only_what_was_missing(server, tmp_
         proxy.close()
 
 
-def test_a_whole_run_over_the_text_tier_with_chat_messages(server, tmp_path):
-    sets = ("model.access=text", "model.route=chat", 'data.chat="yes"', "model.scalarizer=starts_with")
-    store = run(run_config(tmp_path, server, *sets))
+def test_a_whole_run_over_the_text_tier_with_chat_messages_and_a_served_fine_tuned_model(server, tmp_path):
+    """Zero- and few-shot as chat messages; a fine-tuned model behind the same API as a condition: another model id
+    (llama-cpp-python answers an unknown id with its one model, so the proxy checks the id was sent)."""
+    proxy = Proxy(server)
+    try:
+        sets = ("model.access=text", "model.route=chat", 'data.chat="yes"', "model.scalarizer=starts_with",
+                "adapt.conditions=[zero_shot,few_shot,ft]", 'adapt.adapters={ft: "served:smollm2-ft"}')
+        store = run(run_config(tmp_path, proxy.spec, *sets))
+        assert proxy.stats()["models"].get("smollm2-ft", 0) > 0
+    finally:
+        proxy.close()
+    assert (store.dir / "03_ft.parquet").is_file()
     manifest = json.loads((store.dir / "manifest.json").read_text())
     assert manifest["remote_usage"]["tier"] == "text" and manifest["remote_usage"]["prompts_as"] == "messages"
     for name in ("02_baseline.parquet", "03_zero_shot.parquet", "03_few_shot.parquet", "04_summary.csv", "report.html"):

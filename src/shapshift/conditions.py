@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 NOISE_FLOOR = "baseline_rerun"
+#: ``adapt.adapters.<name>: "served:MODEL_ID"``: the same API's model ``MODEL_ID`` (e.g. an OpenAI ``ft:`` model).
+SERVED_PREFIX = "served:"
 #: Colours of conditions that have none of their own (a user's prompts and adapters), in turn.
 PALETTE = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728")
 
@@ -272,12 +274,23 @@ def _user_prompt(name: str, instruction: str) -> Condition:
 
 
 def _user_adapter(name: str, folder: str) -> Condition:
+    if folder.startswith(SERVED_PREFIX):  # a fine-tuned model behind the same API: another model id (issue 26)
+        return Condition(name, name.replace("_", "-"), _color(name), f"03_{name}", f"the served model {folder[7:]}",
+                         lambda s: (_served(s.model, folder[len(SERVED_PREFIX):]), base_parts(s.rows)))
+
     def setup(s: Setup) -> tuple[Any, list[PromptParts]]:
         s.info["adapter"] = str(folder)
         return load_adapter(s.model, folder), base_parts(s.rows)
 
     return Condition(name, name.replace("_", "-"), _color(name), f"03_{name}",
                      f"the model with your adapter or weights from {folder}", setup, needs_weights=True)
+
+
+def _served(model: Any, model_id: str) -> Any:
+    if not callable(getattr(model, "with_served_name", None)):
+        raise ConfigError(f"adapt.adapters names the served model {model_id!r}, but the run's model is not behind an API.",
+                          "Name a folder of an adapter or model, or set model.spec to the API (openai-compatible:URL).")
+    return model.with_served_name(model_id)
 
 
 def load_adapter(model: Any, folder: str | Path) -> Any:

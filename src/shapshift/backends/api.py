@@ -10,6 +10,7 @@ user message.
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Sequence
@@ -98,6 +99,17 @@ class ApiModel:
 
     def close(self) -> None:
         self.client.close()
+
+    def with_served_name(self, name: str) -> ApiModel:
+        """The same server's model ``name`` (a fine-tuned model behind the API is another model id), sharing this
+        one's client (its cap, cache and counters); nothing is remembered across the two."""
+        other = copy.copy(self)
+        other.served_name = name
+        other.forget()
+        return other
+
+    def forget(self) -> None:
+        """Drop what this object remembers of answers (a subclass's in-memory caches)."""
 
     def _first_served_name(self) -> str | None:
         try:

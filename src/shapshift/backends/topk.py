@@ -39,6 +39,9 @@ class TopKModel(ApiModel):
         if probe:
             self.probe()
 
+    def forget(self) -> None:
+        self._tops = {}
+
     def _declared(self) -> dict[str, Any]:
         chat = self.route == "chat"
         return {"per_target_token": not chat, "max_target_tokens": 1 if chat else None, "top_k": self.top_k}

@@ -17,6 +17,7 @@ What the server is asked for is counted in :attr:`RemoteModel.usage` (requests, 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -97,6 +98,12 @@ class RemoteModel:
 
     def close(self) -> None:
         self.client.close()
+
+    def with_served_name(self, name: str) -> RemoteModel:
+        """The same server's model ``name`` (a fine-tuned model id), sharing the client; its own prompt memory."""
+        other = copy.copy(self)
+        other.served_name, other._cache = name, {}
+        return other
 
     # -- the probe ---------------------------------------------------------------------------------
     def _first_served_name(self) -> str | None:
