@@ -168,6 +168,7 @@ def test_a_capped_run_stops_and_a_rerun_sends_only_what_was_missing(server, tmp_
             assert (store.dir / name).is_file(), name
         diagnostics = [st["diagnostics"] for st in manifest["explain_stats"]["02_baseline"]]
         assert all("censored_scores" in d for d in diagnostics)
+        assert "target-token scores" in (store.dir / "report.html").read_text()  # the report says what was censored
     finally:
         proxy.close()
 
@@ -188,3 +189,4 @@ def test_a_whole_run_over_the_text_tier_with_chat_messages_and_a_served_fine_tun
     assert manifest["remote_usage"]["tier"] == "text" and manifest["remote_usage"]["prompts_as"] == "messages"
     for name in ("02_baseline.parquet", "03_zero_shot.parquet", "03_few_shot.parquet", "04_summary.csv", "report.html"):
         assert (store.dir / name).is_file(), name
+    assert "scalarizer" in (store.dir / "report.html").read_text()

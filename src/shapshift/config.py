@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 
 from . import conditions as _conditions
-from .backends.capabilities import ACCESS, ROUTES
-from .backends.scalarizers import SCALARIZERS
+from .backends.capabilities import ACCESS, ROUTES, SCALARIZERS
 from .errors import ConfigError
 
 #: What "token absent" means to the scorer (:mod:`shapshift.scoring`).

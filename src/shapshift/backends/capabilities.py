@@ -25,6 +25,8 @@ ACCESS = ("auto", *TIERS)
 #: ``model.route``'s choices for a server: ``auto`` (completions where the tier works there, else chat),
 #: ``completions`` (``/v1/completions``, prompts as text) or ``chat`` (``/v1/chat/completions``, prompts as messages).
 ROUTES = ("auto", "completions", "chat")
+#: ``model.scalarizer``'s choices (the text tier's score of a reply: :mod:`shapshift.backends.scalarizers`).
+SCALARIZERS = ("auto", "starts_with", "token_f1", "rouge_l", "embedding")
 
 
 @dataclass(frozen=True)

