@@ -10,7 +10,6 @@ user message.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Sequence
@@ -18,10 +17,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import REMOTE_PREFIX
 from ..errors import ModelError
 from ..generation import trim_generation
-from ..remote.client import CompletionsClient, HTTPStatusError, Usage
+from ..remote.client import CompletionsClient, HTTPStatusError
+from ..remote.server_model import ServerModel
 from .capabilities import Capabilities
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def to_messages(text: str) -> list[dict[str, str]]:
     return turns
 
 
-class ApiModel:
+class ApiModel(ServerModel):
     """A model behind an OpenAI-compatible server that returns no prompt log-probabilities (a base class).
 
     ``route``: ``completions`` or ``chat``; ``tokenizer``: the local tokenizer (``model_tokenizer``: it is the
@@ -70,7 +69,7 @@ class ApiModel:
         self.route = route
         self.model_tokenizer = model_tokenizer
         self.seed = seed
-        self.served_name = served_name or self._first_served_name()
+        self.served_name = served_name or self.first_served_name()
 
     # -- what the pipeline reads ---------------------------------------------------------------------
     @property
@@ -81,14 +80,6 @@ class ApiModel:
     def _declared(self) -> dict[str, Any]:
         return {}
 
-    @property
-    def spec(self) -> str:
-        return REMOTE_PREFIX + self.base_url
-
-    @property
-    def usage(self) -> Usage:
-        return self.client.usage
-
     def usage_dict(self) -> dict[str, Any]:
         """Usage counters and the tier reached (for the run manifest)."""
         return {**self.usage.as_dict(), "tier": self.tier, "route": self.route, "prompts_as":
@@ -96,27 +87,6 @@ class ApiModel:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, served_name={self.served_name!r}, route={self.route!r})"
-
-    def close(self) -> None:
-        self.client.close()
-
-    def with_served_name(self, name: str) -> ApiModel:
-        """The same server's model ``name`` (a fine-tuned model behind the API is another model id), sharing this
-        one's client (its cap, cache and counters); nothing is remembered across the two."""
-        other = copy.copy(self)
-        other.served_name = name
-        other.forget()
-        return other
-
-    def forget(self) -> None:
-        """Drop what this object remembers of answers (a subclass's in-memory caches)."""
-
-    def _first_served_name(self) -> str | None:
-        try:
-            data = self.client.get("/models").get("data") or []
-        except ModelError:
-            return None
-        return str(data[0]["id"]) if data and isinstance(data[0], dict) and "id" in data[0] else None
 
     # -- requests -------------------------------------------------------------------------------------
     def text_of(self, ids: Sequence[int]) -> str:

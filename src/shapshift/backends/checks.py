@@ -23,6 +23,10 @@ def check_task(caps: Capabilities, *, unit: str, n_outputs: int, masking: str, s
                           f"({caps.tier} tier); this target has {n_outputs}.",
                           "Explain a one-token target (a label: generation.max_new_tokens=1 or explain.target=reference),"
                           " or use model.route=completions.")
+    if masking == "attention" and "attention" not in caps.maskings:
+        raise ConfigError(f"masking='attention' is not possible for {spec}: attention masking needs the model's "
+                          "attention mask, which a model behind an API does not expose.",
+                          "Use masking 'delete' or 'replace' (explain.masking=delete in a run config).")
     if masking not in caps.maskings and masking not in ("auto", "shap_text"):
         raise ConfigError(f"masking={masking!r} is not possible for {spec} ({caps.backend} backend): it allows "
                           f"{', '.join(caps.maskings)}.", "Set explain.masking=delete.")

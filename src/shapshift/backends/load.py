@@ -82,7 +82,8 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, access: str = _M.access, route: s
                                cache=cache, cap=cap, timeout_s=timeout_s)
     common = {"served_name": served_name, "seed": seed}
     routes = ("completions", "chat") if route == "auto" else (route,)
-    failed = []
+    failed: list[str] = []
+    errors: list[ModelError] = []
     for tier in TIERS if access == "auto" else (access,):
         for r in routes:
             try:
@@ -96,12 +97,15 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, access: str = _M.access, route: s
                     model = TextModel(base_url, tok, client, route=r, scalarizer=scalarizer, repeats=repeats,
                                       model_tokenizer=named, **common)
             except ModelError as exc:
+                errors.append(exc)
                 failed.append(f"{tier} over {r}: {exc.args[0] if exc.args else exc}")
                 log.info("%s: no %s over %s (%s)", base_url, tier, r, failed[-1][:200])
                 continue
             log.info("%s: %s tier over /v1/%s (requests so far: %d)", base_url, tier, r, client.usage.requests)
             return model, tok
     client.close()
+    if len(errors) == 1:  # one tier tried (a forced one): its own message and hint
+        raise errors[0]
     raise ModelError(f"{base_url} offers none of the tiers tried:\n  " + "\n  ".join(failed),
                      "Check the URL, the key's variable (model.api_key_env) and model.served_name; model.access=text "
                      "needs only a chat route.")

@@ -17,7 +17,6 @@ What the server is asked for is counted in :attr:`RemoteModel.usage` (requests, 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -31,8 +30,9 @@ from ..config import REMOTE_MASKINGS, REMOTE_PREFIX
 from ..errors import ConfigError, ModelError
 from ..generation import trim_generation
 from ..models import OFFLINE_DEFAULT, prepare_tokenizer, smollm2_tokenizer
-from .client import CompletionsClient, HTTPStatusError, Usage
+from .client import CompletionsClient, HTTPStatusError
 from .scorer import RemoteScorer
+from .server_model import ServerModel
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def parse_spec(spec: str) -> str:
     return url
 
 
-class RemoteModel:
+class RemoteModel(ServerModel):
     """A causal LM behind ``base_url``'s ``/completions`` route (no weights here).
 
     It stands wherever the pipeline takes a model: :meth:`make_scorer` gives the scorer
@@ -71,7 +71,7 @@ class RemoteModel:
         self.base_url = base_url.rstrip("/")
         self.tokenizer = tokenizer
         self.client = client or CompletionsClient(self.base_url, api_key=api_key, concurrency=concurrency)
-        self.served_name = served_name or self._first_served_name()
+        self.served_name = served_name or self.first_served_name()
         self.accepts_ids = True
         self.prepend_bos: int | None = None
         self.n_retokenised = 0
@@ -79,14 +79,6 @@ class RemoteModel:
         self._specials = set(getattr(tokenizer, "all_special_ids", []) or [])
         if probe:
             self.probe()
-
-    @property
-    def spec(self) -> str:
-        return REMOTE_PREFIX + self.base_url
-
-    @property
-    def usage(self) -> Usage:
-        return self.client.usage
 
     def usage_dict(self) -> dict[str, Any]:
         """Usage counters plus how prompts were sent (for the run manifest)."""
@@ -96,23 +88,10 @@ class RemoteModel:
     def __repr__(self) -> str:
         return f"RemoteModel({self.spec!r}, served_name={self.served_name!r})"
 
-    def close(self) -> None:
-        self.client.close()
-
-    def with_served_name(self, name: str) -> RemoteModel:
-        """The same server's model ``name`` (a fine-tuned model id), sharing the client; its own prompt memory."""
-        other = copy.copy(self)
-        other.served_name, other._cache = name, {}
-        return other
+    def forget(self) -> None:
+        self._cache = {}
 
     # -- the probe ---------------------------------------------------------------------------------
-    def _first_served_name(self) -> str | None:
-        try:
-            data = self.client.get("/models").get("data") or []
-        except ModelError:
-            return None
-        return str(data[0]["id"]) if data and isinstance(data[0], dict) and "id" in data[0] else None
-
     def probe(self) -> None:
         """One request (two or three at most) before any budget is spent; raises a clear error on any problem."""
         ids = self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
