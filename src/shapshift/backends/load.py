@@ -101,7 +101,8 @@ def load_model(spec: str = OFFLINE_DEFAULT, *, access: str = _M.access, route: s
                 failed.append(f"{tier} over {r}: {exc.args[0] if exc.args else exc}")
                 log.info("%s: no %s over %s (%s)", base_url, tier, r, failed[-1][:200])
                 continue
-            log.info("%s: %s tier over /v1/%s (requests so far: %d)", base_url, tier, r, client.usage.requests)
+            log.info("%s: %s tier over %s (requests so far: %d)", base_url, tier, "/v1/completions" if r ==
+                     "completions" else "/v1/chat/completions", client.usage.requests)
             return model, tok
     client.close()
     if len(errors) == 1:  # one tier tried (a forced one): its own message and hint
