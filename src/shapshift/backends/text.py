@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 #: Coalitions repeated per example to measure the API's nondeterminism: the full input, the empty one, the first masked.
 REPEAT_COALITIONS = 3
 #: Tokens a reply may have beyond the reference's (its words are what the scalarizer reads).
-REPLY_EXTRA_TOKENS = 8
+REPLY_EXTRA_TOKENS = 4
 
 
 class TextModel(ApiModel):
