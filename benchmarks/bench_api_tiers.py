@@ -6,8 +6,8 @@ token. Each tier explains the same prompts:
 
 - ``prompt_logprobs`` (the echo of ``/v1/completions``): the reference;
 - ``top_logprobs`` over ``/v1/completions`` (plain prompt, target `` positive`` / `` negative``, top 20);
-- ``top_logprobs`` over ``/v1/chat/completions`` (SmolLM2's chat turns sent as messages, the reply's first token
-  ``Positive`` / ``Negative``; the echo reference scores the same chat rendering), top 20;
+- ``top_logprobs`` over ``/v1/chat/completions`` (SmolLM2's chat turns sent as messages, :data:`INSTRUCTION` as the
+  system message, the reply's first token ``Positive`` / ``Negative``; the echo reference scores the same chat rendering), top 20;
 - ``text`` over ``/v1/completions`` (plain prompt; scalarizer ``starts_with``; 2 repeats of 3 coalitions).
 
 Reported per tier: Spearman of the word values with the reference's (per example; the mean over examples with no
@@ -40,6 +40,9 @@ from shapshift.prompting import build_prompt, encode_prompt  # noqa: E402
 from shapshift.remote.local_server import llama_server  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+#: The chat prompts' system message: without it SmolLM2 never starts a reply with the label (all 256 chat scores
+#: were censored at top 20 in a first run without it).
+INSTRUCTION = "Decide whether the movie review is positive or negative. Answer with one word: Positive or Negative."
 log = logging.getLogger("bench_api_tiers")
 
 
@@ -59,7 +62,7 @@ def sentences(n: int, lo: int = 4, hi: int = 6, seed: int = 0) -> list[tuple[str
 def tasks(model, tok, rows, chat: bool):
     out = []
     for text, label in rows:
-        parts = build_prompt(text, TEMPLATE, tok, chat=chat)
+        parts = build_prompt(text, TEMPLATE, tok, chat=chat, instruction=INSTRUCTION if chat else None)
         if not chat:  # BOS first, as the echo tier sends it: every tier scores the same context
             parts = type(parts)(tok.bos_token + parts.prefix, parts.text, parts.suffix)
         prompt = encode_prompt(parts, tok)
