@@ -36,8 +36,8 @@ from common import (  # noqa: E402
     spearman,
 )
 
+from shapshift import load_model  # noqa: E402
 from shapshift.explainers import explain_tasks, make_task  # noqa: E402
-from shapshift.models import load_model  # noqa: E402
 from shapshift.prompting import build_prompt, encode_prompt  # noqa: E402
 from shapshift.remote.local_server import llama_server  # noqa: E402
 

@@ -275,7 +275,12 @@ def test_failed_requests_are_retried_and_counted(remote, server):
 def test_a_server_without_prompt_logprobs_gets_the_clear_error(tmp_path):
     with llama_server("--logits_all", "false", log_dir=tmp_path) as spec:
         with pytest.raises(ModelError) as info:
-            load_model(spec)
+            load_model(spec, access="prompt_logprobs")
+        # access auto: the strongest tier this server offers (issue 26): without logits_all it returns no
+        # log-probabilities at all, so text
+        model, _ = load_model(spec)
+        assert model.capabilities.tier == "text"
+        model.close()
     message = str(info.value)
     print(message)
     assert "no prompt log-probabilities" in message and "vLLM" in message and "llama-cpp-python" in message

@@ -22,8 +22,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def load_model(*args: Any, **kwargs: Any):
-    """A model and tokenizer ready for scoring and generation; see :func:`shapshift.models.load_model`."""
-    from .models import load_model as _load_model
+    """A model and tokenizer ready for scoring and generation, its backend chosen from the spec (``access=`` forces a
+    tier of a server); see :func:`shapshift.backends.load.load_model`."""
+    from .backends.load import load_model as _load_model
 
     return _load_model(*args, **kwargs)
 

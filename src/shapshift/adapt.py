@@ -21,6 +21,7 @@ import pandas as pd
 from . import parallel
 from .conditions import Condition
 from .config import RunConfig
+from .constants import SERVED_PREFIX
 from .errors import ArtifactError, ConfigError, DataError
 from .fewshot import shared_demonstrations
 from .finetune import evaluate_task, finetune, load_finetuned
@@ -149,9 +150,19 @@ def _prompt_setup(instruction: str) -> SetupFunction:
 def _adapter_setup(folder: str) -> SetupFunction:
     def setup(s: Setup) -> tuple[Any, list[PromptParts]]:
         s.info["adapter"] = str(folder)
+        if folder.startswith(SERVED_PREFIX):  # a fine-tuned model behind the same API: another model id
+            return served_model(s.model, folder[len(SERVED_PREFIX):]), base_parts(s.rows)
         return load_adapter(s.model, folder), base_parts(s.rows)
 
     return setup
+
+
+def served_model(model: Any, model_id: str) -> Any:
+    """The model ``model_id`` behind the same API as ``model`` (hosted fine-tuning yields a model id, not weights)."""
+    if not callable(getattr(model, "with_served_name", None)):
+        raise ConfigError(f"adapt.adapters names the served model {model_id!r}, but the run's model is not behind an API.",
+                          "Name a folder of an adapter or model, or set model.spec to the API (openai-compatible:URL).")
+    return model.with_served_name(model_id)
 
 
 def load_adapter(model: Any, folder: str | Path) -> Any:

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .backends.capabilities import capabilities
 from .config import RunConfig
 from .errors import ArtifactError, ConfigError
 
@@ -212,7 +213,7 @@ def load_model_for(cfg: RunConfig) -> tuple[Any, Any]:
         _MODELS.clear()  # one model at a time: a 16 GB Colab GPU holds few
         _MODELS[key] = load_run_model(cfg)
         model = _MODELS[key][0]
-        if getattr(model, "is_remote", False):
+        if not capabilities(model).weights:
             log.info("using %r", model)
             return _MODELS[key]
         p = next(model.parameters())

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .constants import SERVED_PREFIX
 from .errors import ConfigError
 from .registries import Registry
 
@@ -81,8 +82,10 @@ def get(name: str, cfg: RunConfig | None = None) -> Condition:
     if adapt is not None and name in adapt.prompts:
         return Condition(name, *described, f"your prompt: {adapt.prompts[name]!r} before the plain prompt")
     if adapt is not None and name in adapt.adapters:
-        return Condition(name, *described, f"the model with your adapter or weights from {adapt.adapters[name]}",
-                         needs_weights=True)
+        where = adapt.adapters[name]
+        if where.startswith(SERVED_PREFIX):  # a fine-tuned model behind the same API: another model id (issue 26)
+            return Condition(name, *described, f"the served model {where[len(SERVED_PREFIX):]}")
+        return Condition(name, *described, f"the model with your adapter or weights from {where}", needs_weights=True)
     return Condition(name, *described)
 
 

@@ -5,6 +5,8 @@ wrong types with a message that lists what is allowed, and ``validate()`` checks
 It is the schema: it imports the package's vocabulary (:mod:`shapshift.constants`), the coercion of typed values
 (:mod:`shapshift.coerce`) and the conditions' declarations, nothing that runs a model. The checks of a config
 against the estimators' registry live in :mod:`shapshift.validation`, above both.
+
+Over 400 lines on purpose: every setting, its default and the check of its value live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from . import conditions as _conditions
 from .aggregation import AGGREGATIONS
+from .backends.capabilities import ACCESS, ROUTES, SCALARIZERS
 from .coerce import build, parse_value
 from .constants import (
     DEFAULT_SCORE,
@@ -50,6 +53,13 @@ class ModelConfig:
     served_name: str | None = None  # remote: the request's "model" field; None: the server's first model
     api_key_env: str = "OPENAI_API_KEY"  # remote: the environment variable holding the API key (never the key)
     concurrency: int = 8  # remote: requests in flight at once
+    access: str = "auto"  # remote: auto (the strongest tier the server offers) | prompt_logprobs | top_logprobs | text
+    route: str = "auto"  # remote: auto | completions (/v1/completions) | chat (/v1/chat/completions, prompts as messages)
+    top_k: int = 20  # remote, top_logprobs tier: log-probabilities asked per generated token (OpenAI allows 20)
+    scalarizer: str = "auto"  # remote, text tier: auto | starts_with | token_f1 | rouge_l | embedding
+    repeats: int = 2  # remote, text tier: extra answers of 3 coalitions per example, measuring the API's nondeterminism
+    max_requests: int | None = None  # remote: hard cap on requests sent (the run stops before passing it)
+    max_tokens: int | None = None  # remote: hard cap on prompt + completion tokens the server counts
 
     def validate(self) -> None:
         if not self.spec.strip():
@@ -59,6 +69,13 @@ class ModelConfig:
                               "Use auto, float32, float16 or bfloat16.")
         if self.concurrency < 1:
             raise ConfigError(f"model.concurrency={self.concurrency} must be at least 1.")
+        for key, value, allowed in (("access", self.access, ACCESS), ("route", self.route, ROUTES),
+                                    ("scalarizer", self.scalarizer, SCALARIZERS)):
+            if value not in allowed:
+                raise ConfigError(f"model.{key}={value!r} is unknown.", f"Use one of {', '.join(allowed)}.")
+        if self.top_k < 1 or self.repeats < 0 or any(v is not None and v < 1 for v in (self.max_requests, self.max_tokens)):
+            raise ConfigError(f"model.top_k={self.top_k} must be at least 1, model.repeats={self.repeats} at least 0, "
+                              f"model.max_requests={self.max_requests} and model.max_tokens={self.max_tokens} at least 1.")
 
 
 @dataclass

@@ -51,3 +51,5 @@ def resolve_masking(masking: str) -> str:
 def is_remote(spec: str) -> bool:
     """Whether a model spec names a completions server rather than weights."""
     return spec.strip().startswith(REMOTE_PREFIX)
+#: ``adapt.adapters.<name>: "served:MODEL_ID"``: the same API's model ``MODEL_ID`` (e.g. an OpenAI ``ft:`` model).
+SERVED_PREFIX = "served:"

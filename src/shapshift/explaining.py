@@ -17,11 +17,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import conditions, parallel, stages
+from .backends.capabilities import capabilities
 from .conditions import NOISE_FLOOR
 from .config import RunConfig
 from .constants import resolve_masking
 from .errors import DataError
 from .explainers import REGISTRY, PrefixReuse, explain_tasks, make_task
+from .explainers.costs import announce_cost
 from .explainers.registry import masking_used
 from .generation import generate
 from .lenses import lens_stem
@@ -70,10 +72,9 @@ def explain_condition(cfg: RunConfig, store: RunStore, model: PreTrainedModel, t
         log.info("%s: resuming, %d of %d examples already explained (reused: %s)", condition, len(done), len(rows),
                  ", ".join(map(str, sorted(done))))
     reuse = PrefixReuse()  # the condition's fixed context (few-shot demonstrations) runs once, not per example
-    if getattr(model, "is_remote", False) and parallel.is_main():
-        from .remote.costs import announce_cost
-
-        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals)
+    if capabilities(model).remote and parallel.is_main():
+        announce_cost([make_task(model, tokenizer, p, t, input_ids=list(r.input_ids), max_evals=ex.max_evals,
+                                 precision=ex.precision, unit=ex.unit)
                        for p, t, r in zip(parts, targets, rows.itertuples()) if int(r.example_id) not in done],
                       ex.method, f"explain {condition}")
     listed = list(rows.itertuples())

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .backends.capabilities import capabilities
 from .backoff import halving
 from .config import DataConfig
 from .constants import TARGET_CASES
@@ -200,7 +201,7 @@ def _measure(model: Any, tokenizer: PreTrainedTokenizerBase, rows: pd.DataFrame,
         parts = build_prompt(str(r.source_text), template, tokenizer, chat=fmt.chat, demonstrations=demos)
         prompts.append(encode_prompt(parts, tokenizer))  # as the pipeline encodes it
         targets.append(list(tokenizer(fmt.target(r.reference_text), add_special_tokens=False)["input_ids"]))
-    if getattr(model, "is_remote", False):  # a server: its own generation and scorer
+    if not capabilities(model).weights:  # a server: its own generation and scorer
         gens = generate(model, tokenizer, [p.ids for p in prompts], max_new_tokens=max(map(len, targets)),
                         stop_at_newline=False, progress=False)
         hits = [list(g[:len(t)]) == t for g, t in zip(gens, targets)]

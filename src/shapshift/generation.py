@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .backends.capabilities import capabilities
 from .backoff import halving
 from .config import GenerationConfig
 from .models import check_fits_context, model_device
@@ -44,7 +45,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_
     """
     GenerationConfig(max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
                      batch_size=batch_size).validate()  # the config's own check and message
-    if getattr(model, "is_remote", False):
+    if not capabilities(model).weights:
         return model.generate_greedy(prompt_ids, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
                                      progress=progress)
     if prompt_ids:

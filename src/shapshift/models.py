@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .config import ModelConfig
+from .backends.capabilities import capabilities
 from .constants import is_remote
 from .errors import ModelError
 from .store import honour_umask
@@ -82,16 +82,16 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     """``$SHAPSHIFT_CACHE``, else (unset or empty: never the current folder) ``~/.cache/shapshift``."""
     return Path(os.environ.get("SHAPSHIFT_CACHE", "").strip() or Path.home() / ".cache" / "shapshift")
 
 
 @lru_cache(maxsize=1)
-def _smollm2_tokenizer() -> PreTrainedTokenizerBase:
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
     """The SmolLM2 tokenizer, read from the GGUF once (about 9 s) and from the cache after."""
     path = smollm2_gguf_path()
-    cached = _cache_dir() / "smollm2-135m-tokenizer"
+    cached = cache_dir() / "smollm2-135m-tokenizer"
     if (cached / "tokenizer_config.json").exists():
         try:
             return AutoTokenizer.from_pretrained(str(cached))
@@ -119,11 +119,11 @@ def _save_atomically(obj: PreTrainedModel | PreTrainedTokenizerBase, folder: Pat
 def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """De-quantise the GGUF once (about 20 s) and keep a safetensors copy in the cache (about 1 s after)."""
     path = smollm2_gguf_path()
-    cached = _cache_dir() / "smollm2-135m-instruct"
+    cached = cache_dir() / "smollm2-135m-instruct"
     if (cached / "config.json").exists():
         try:
             model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
-            return model, _smollm2_tokenizer()
+            return model, smollm2_tokenizer()
         except (OSError, ValueError) as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring damaged model cache %s (%s)", cached, exc)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -132,7 +132,7 @@ def _load_smollm2(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokeni
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _save_atomically(model, cached)
-    return model.to(dtype), _smollm2_tokenizer()
+    return model.to(dtype), smollm2_tokenizer()
 
 
 def tiny_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -147,7 +147,7 @@ def random_gpt_neo(seed: int = 0, tokenizer: PreTrainedTokenizerBase | None = No
     """A randomly initialised ``GPTNeoForCausalLM`` of the given shape (GPTNeoConfig fields) and the SmolLM2 tokenizer."""
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-    tokenizer = tokenizer or _smollm2_tokenizer()
+    tokenizer = tokenizer or smollm2_tokenizer()
     config = GPTNeoConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, **shape)
     with torch.random.fork_rng():
@@ -197,27 +197,17 @@ def _load_pretrained(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> 
     return model, tokenizer
 
 
-_M = ModelConfig()
-
-
 def load_model(spec: str = OFFLINE_DEFAULT, *, device: str = "auto", dtype: str = "auto",
-               trust_remote_code: bool = False, tokenizer: str | None = _M.tokenizer,
-               served_name: str | None = _M.served_name, api_key_env: str = _M.api_key_env,
-               concurrency: int = _M.concurrency) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+               trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and tokenizer, in eval mode, on the chosen device and dtype.
 
     The tokenizer has a pad token (the EOS token when it had none) and right padding (the
-    scoring default); use :func:`padding_side` to generate with left padding.
-
-    ``openai-compatible:http://HOST:PORT/v1`` returns a :class:`shapshift.remote.RemoteModel` (a
-    completions server, probed once) and the local ``tokenizer`` (``None``: SmolLM2's); ``served_name``,
-    ``api_key_env`` and ``concurrency`` apply to it alone (:class:`shapshift.config.ModelConfig`).
+    scoring default); use :func:`padding_side` to generate with left padding. A model behind an API
+    (``openai-compatible:URL``) is loaded by :func:`shapshift.load_model` (:mod:`shapshift.backends.load`).
     """
     if is_remote(spec):
-        from .remote import load_remote
-
-        return load_remote(spec, tokenizer=tokenizer, served_name=served_name, api_key_env=api_key_env,
-                           concurrency=concurrency)
+        raise ModelError(f"{spec} is a model behind an API, which shapshift.models.load_model does not load.",
+                         "Call shapshift.load_model(spec) (shapshift.backends.load.load_model).")
     dev = choose_device(device)
     torch_dtype = choose_dtype(dev, dtype)
     if spec == OFFLINE_DEFAULT:
@@ -258,13 +248,16 @@ def padding_side(tokenizer: PreTrainedTokenizerBase, side: str) -> Iterator[PreT
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's weights are; a remote model (:mod:`shapshift.remote`) has none here: the CPU."""
-    if getattr(model, "is_remote", False):
+    if not capabilities(model).weights:
         return torch.device("cpu")
     return next(model.parameters()).device
 
 
 def context_length(model: PreTrainedModel) -> int | None:
-    """The most tokens the model attends to (``max_position_embeddings`` or ``n_positions``); ``None`` if unknown."""
+    """The most tokens the model attends to (``max_position_embeddings`` or ``n_positions``; a backend's declared
+    context length); ``None`` if unknown."""
+    if not capabilities(model).weights:
+        return capabilities(model).context_length
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions", "n_ctx"):
         value = getattr(config, name, None)
@@ -286,3 +279,6 @@ def check_fits_context(model: PreTrainedModel, n_prompt: int, n_new: int, what: 
             f"more than the model's context of {limit} tokens.",
             "Lower data.max_input_tokens (the input is cut from the left), adapt.k_shot (fewer demonstrations), "
             "generation.max_new_tokens, or use a model with a longer context.")
+
+
+_cache_dir, _smollm2_tokenizer = cache_dir, smollm2_tokenizer  # the names before they were public

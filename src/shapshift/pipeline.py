@@ -22,6 +22,8 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import adapt, conditions, parallel, stages
+from .backends.capabilities import capabilities
+from .backends.load import load_config_model
 from .compare import run_compare
 from .conditions import BASELINE
 from .config import RunConfig
@@ -40,7 +42,6 @@ from .explaining import (
     task_labels,
 )
 from .lenses import run_lenses
-from .models import load_model
 from .report import write_report
 from .stages import STAGES, invalidate_from, stage_record, stage_status
 from .store import (
@@ -223,9 +224,7 @@ def load_run_model(cfg: RunConfig) -> tuple[Any, Any]:
     m = cfg.model
     # under a launcher each process takes its own device (cuda:<local rank>), not every one the first GPU
     device = (parallel.device() if m.device in ("auto", "cuda") else None) or m.device
-    return load_model(m.spec, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
-                      tokenizer=m.tokenizer, served_name=m.served_name, api_key_env=m.api_key_env,
-                      concurrency=m.concurrency)
+    return load_config_model(m, cfg.run_dir, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
 
 
 def run(cfg: RunConfig, stages_to_run: Sequence[str] = STAGES, *, fresh: bool = False, resume: bool = True,
@@ -287,7 +286,7 @@ def _run_stages(cfg: RunConfig, store: RunStore, todo: list, *, fresh: bool, loa
                 model, tokenizer = (loader or load_run_model)(cfg)
             function(cfg, model, tokenizer, resume=True)
         log.info("stage %s: finished in %.0f s; results in %s", stage.name, time.perf_counter() - start, cfg.run_dir)
-        if getattr(model, "is_remote", False):  # what the server was asked for: requests, retries, tokens
+        if capabilities(model).remote:  # what the server was asked for: requests, retries, tokens
             store.update_manifest(remote_usage=model.usage_dict())
         parallel.wait()
 

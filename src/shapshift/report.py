@@ -21,6 +21,7 @@ import pandas as pd
 from . import behaviour as bh
 from . import overlap as ov
 from . import textplot
+from .backends.diagnostics import api_notes
 from .compare import STAGE, SUMMARY_FILE, VERDICT_SUMMARY_FILE
 from .conditions import BASELINE
 from .config import CompareConfig
@@ -231,7 +232,7 @@ def write_report(run_dir: str | Path, cfg: CompareConfig | None = None) -> Path:
     doc = _template().render(
         name=store.dir.resolve().name, run_dir=str(store.dir), aggregate=cfg.aggregate, n_bootstrap=cfg.n_bootstrap,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        notes=warnings + man.get("stages", {}).get(STAGE, {}).get("notes", []),
+        notes=warnings + api_notes(man) + man.get("stages", {}).get(STAGE, {}).get("notes", []),
         verdicts=verdicts_html(store), behaviour=behaviour, unit=score_unit(store), masking=masking_meaning(store),
         feature=feature_name(store), contrast=explain_setting(store, "target") == "contrastive",
         rbo_p=f"{float(getattr(cfg, 'rbo_p', ov.RBO_P)):g}", fdr=f"{cfg.fdr:g}", min_change=f"{cfg.min_change:g}",

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from .backends.capabilities import capabilities
 from .backoff import is_oom, smaller
 from .constants import DEFAULT_MASKING, DEFAULT_SCORE, MASKINGS, SCORES
 from .models import model_device
@@ -110,7 +111,7 @@ def scores_from_logprobs(logp: np.ndarray, score: str = DEFAULT_SCORE) -> np.nda
 def make_scorer(model, prompt: EncodedPrompt, target_ids: Sequence[int], **options):
     """The scorer of ``model`` (a remote model builds its own, :mod:`shapshift.remote`), else a :class:`TeacherForcedScorer`."""
     build = getattr(model, "make_scorer", None)
-    if callable(build) and getattr(model, "is_remote", False):
+    if callable(build) and not capabilities(model).weights:
         return build(prompt, target_ids, **options)
     return TeacherForcedScorer(model, prompt, target_ids, **options)
 

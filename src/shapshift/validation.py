@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .backends.checks import check_config
 from .config import RunConfig, apply_overrides
 from .constants import is_remote
 from .errors import ConfigError
@@ -23,6 +24,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     registry.check_explain(cfg.explain)
     if is_remote(cfg.model.spec):
         _check_remote(cfg)
+        check_config(cfg)  # what the backend's tier can explain, before its server is probed
     return cfg
 
 

@@ -12,6 +12,9 @@ import numpy as np
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..backends.capabilities import capabilities
+from ..backends.checks import check_task
+from ..backends.diagnostics import finish_attribution
 from ..config import ExplainConfig, GenerationConfig
 from ..constants import resolve_masking
 from ..errors import ConfigError, ShapshiftError
@@ -27,6 +30,7 @@ from ..prompting import (
 )
 from ..stats import expected_rank_agreement
 from .base import Attribution, ExplainTask
+from .costs import announce_cost
 from .precision import explain_to_precision
 from .progress import ProgressScorer, planned_evals, warn_blank_targets, warn_precision
 from .registry import (
@@ -167,7 +171,9 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
             raise ConfigError(f"method={name!r} cannot explain a contrastive target: it scores the target tokens "
                               "itself rather than through the shared scorer.",
                               "Use a SHAP estimator that scores through it (auto, exact, quadrature, kernel, sampling).")
-        if cls.needs_weights and getattr(task.model, "is_remote", False):
+        caps = capabilities(task.model)
+        check_task(caps, unit=task.unit, n_outputs=len(task.target_ids), masking=task.masking, spec=str(caps.backend))
+        if cls.needs_weights and not caps.weights:
             raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention, shap's own model "
                               "wrapper), which a model behind an API does not expose.",
                               "Use a SHAP method (auto, quadrature, kernel, ...) for a remote model.")
@@ -202,13 +208,15 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
         seconds = time.perf_counter() - start
         if scorers is None:
             reuse.keep(key, scorer)
+        diagnostics = finish_attribution(att, scorer)  # an API's counts; its own noise folded into the errors
         # the expected rank agreement of two runs (explainers.precision), the evaluations it took, the method that ran
         explanations.append(to_explanation(task, att, method=name, precision=reached, seconds=seconds,
-                                           requested=method, target=target, max_evals=cap))
+                                           requested=method, target=target, max_evals=cap, diagnostics=diagnostics))
         stats.append({"method": name, "n_features": task.n_features, "n_outputs": task.n_outputs,
                       "n_evals": att.n_evals, "n_forward_tokens": att.n_forward_tokens, "seconds": round(seconds, 4),
                       "precision": round(reached, 4),
-                      **{k: np.asarray(v).tolist() for k, v in att.extras.items()}})
+                      **{k: np.asarray(v).tolist() for k, v in att.extras.items()},
+                      **({"diagnostics": diagnostics} if diagnostics else {})})
     return explanations, stats
 
 
@@ -310,8 +318,6 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
                        max_evals=max_evals, seed=seed, precision=precision, unit=unit, options=dict(options or {}),
                        contrast_ids=f)
              for p, e, t, f in zip(parts, prompts, target_ids, foils)]
-    if getattr(model, "is_remote", False):
-        from ..remote.costs import announce_cost
-
+    if capabilities(model).remote:
         announce_cost(tasks, method)
     return explain_tasks(tasks, method, progress=progress)[0]

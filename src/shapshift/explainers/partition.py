@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
+from ..backends.capabilities import capabilities
 from ..errors import ConfigError
 from ..prompting import start_token_id
 from ..scoring import CPU_BATCH_SIZE, token_scores
@@ -105,7 +106,7 @@ class PartitionExplainer(Estimator):
     def attribute(self, task: ExplainTask, scorer=None) -> Attribution:
         import shap
 
-        if getattr(task.model, "is_remote", False):
+        if not capabilities(task.model).weights:
             raise ConfigError("method='partition' runs the shap library's own model wrapper, which needs the weights; "
                               f"{task.model.spec} is a model behind an API.",
                               "Use method auto, exact, kernel, sampling or hierarchical for a remote model.")

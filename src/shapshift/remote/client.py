@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ModelError
+from .answers import AnswerCache, RequestCap, request_key
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ class CompletionsClient:
     """POSTs JSON to ``base_url + path`` with up to ``concurrency`` requests in flight.
 
     ``api_key``: sent as ``Authorization: Bearer``; never stored anywhere else. ``usage`` counts
-    requests, retries and the tokens the server reports.
+    requests, retries and the tokens the server reports. ``cache``: answers kept on disk (a POST whose exact
+    request was answered before is not sent again); ``cap``: a hard cap on requests and tokens.
     """
 
     def __init__(self, base_url: str, *, api_key: str | None = None, concurrency: int = 8,
-                 timeout_s: float = TIMEOUT_S, max_retries: int = MAX_RETRIES, backoff_s: float = BACKOFF_S) -> None:
+                 timeout_s: float = TIMEOUT_S, max_retries: int = MAX_RETRIES, backoff_s: float = BACKOFF_S,
+                 cache: AnswerCache | None = None, cap: RequestCap | None = None) -> None:
         import httpx  # the optional extra shapshift[remote]
 
         self._httpx = httpx
@@ -73,6 +76,7 @@ class CompletionsClient:
         self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.usage = Usage()
+        self.cache, self.cap = cache, cap
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="shapshift-http", daemon=True)
@@ -85,8 +89,20 @@ class CompletionsClient:
         """The JSON answers to ``payloads``, in order; all are in flight together, ``concurrency`` at a time."""
         if not payloads:
             return []
-        coro = self._gather(path, list(payloads), self.max_retries if max_retries is None else max_retries)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        keys = [request_key(path, p) for p in payloads]
+        found = {k: a for k in dict.fromkeys(keys) if self.cache is not None and (a := self.cache.get(k)) is not None}
+        todo = {k: p for k, p in zip(keys, payloads) if k not in found}  # identical requests go once
+        self._count(cache_hits=len(keys) - len(todo))
+        if todo:
+            if self.cap is not None:
+                with self._lock:
+                    self.cap.check(self.usage.requests, self.usage.prompt_tokens + self.usage.completion_tokens,
+                                   len(todo))
+            coro = self._gather(path, list(todo.values()), self.max_retries if max_retries is None else max_retries,
+                                list(todo))
+            answers = asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+            found.update(zip(todo, answers))
+        return [found[k] for k in keys]
 
     def post(self, path: str, payload: dict, *, max_retries: int | None = None) -> dict:
         return self.post_many(path, [payload], max_retries=max_retries)[0]
@@ -105,8 +121,8 @@ class CompletionsClient:
         self._thread.join(timeout=5)
 
     # -- on the loop -----------------------------------------------------------------------------
-    async def _gather(self, path: str, payloads: list[dict], max_retries: int) -> list[dict]:
-        tasks = [asyncio.ensure_future(self._request("POST", path, p, max_retries)) for p in payloads]
+    async def _gather(self, path: str, payloads: list[dict], max_retries: int, keys: list[str]) -> list[dict]:
+        tasks = [asyncio.ensure_future(self._request("POST", path, p, max_retries, k)) for p, k in zip(payloads, keys)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -114,7 +130,8 @@ class CompletionsClient:
                 t.cancel()
             raise
 
-    async def _request(self, method: str, path: str, payload: dict | None, max_retries: int) -> dict:
+    async def _request(self, method: str, path: str, payload: dict | None, max_retries: int,
+                       key: str | None = None) -> dict:
         httpx = self._httpx
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_s, headers=self._headers,
@@ -124,6 +141,9 @@ class CompletionsClient:
         attempt = 0
         while True:
             wait = self.backoff_s * 2**attempt
+            if attempt and self.cap is not None:
+                with self._lock:
+                    self.cap.check(self.usage.requests, 0, 1)  # a retry is a request too
             try:
                 async with self._gate:
                     self._count(requests=1)
@@ -131,6 +151,8 @@ class CompletionsClient:
                 if response.status_code < 400:
                     answer = response.json()
                     self._count_tokens(answer)
+                    if self.cache is not None and key is not None:  # kept as soon as it arrives
+                        self.cache.put(key, answer)
                     return answer
                 if response.status_code not in RETRY_STATUSES and response.status_code < 500 or attempt >= max_retries:
                     raise HTTPStatusError(response.status_code, response.text, url)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..models import cache_dir, smollm2_gguf_path
+
 #: Seconds to wait for the server to answer /v1/models.
 START_TIMEOUT_S = 180
 
@@ -63,9 +65,7 @@ def float32_gguf(src: Path, dst: Path) -> Path:
 
 def smollm2_float32_gguf() -> Path:
     """The bundled SmolLM2 GGUF de-quantised to float32 (:func:`float32_gguf`), kept in shapshift's cache folder."""
-    from ..models import _cache_dir, smollm2_gguf_path
-
-    return float32_gguf(smollm2_gguf_path(), _cache_dir() / "smollm2-135m-instruct-f32.gguf")
+    return float32_gguf(smollm2_gguf_path(), cache_dir() / "smollm2-135m-instruct-f32.gguf")
 
 
 @contextlib.contextmanager
@@ -77,8 +77,6 @@ def llama_server(*extra: str, log_dir: Path | None = None, n_threads: int = 1,
     options (``--logits_all false`` ...); the log goes to ``log_dir`` (default: the temporary folder).
     """
     import httpx
-
-    from ..models import smollm2_gguf_path
 
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path or smollm2_gguf_path()), "--host", "127.0.0.1",

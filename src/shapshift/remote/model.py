@@ -20,15 +20,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..constants import REMOTE_PREFIX
+from ..backends.capabilities import Capabilities
+from ..constants import REMOTE_MASKINGS, REMOTE_PREFIX
 from ..errors import ConfigError, ModelError
-from .client import CompletionsClient, HTTPStatusError, Usage
+from ..generation import trim_generation
+from ..models import OFFLINE_DEFAULT, prepare_tokenizer, smollm2_tokenizer
+from .client import CompletionsClient, HTTPStatusError
+from .scorer import RemoteScorer
+from .server_model import ServerModel
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +56,22 @@ def parse_spec(spec: str) -> str:
     return url
 
 
-class RemoteModel:
+class RemoteModel(ServerModel):
     """A causal LM behind ``base_url``'s ``/completions`` route (no weights here).
 
     It stands wherever the pipeline takes a model: :meth:`make_scorer` gives the scorer
     (:class:`shapshift.remote.scorer.RemoteScorer`), :meth:`generate_greedy` the continuations.
     """
 
-    is_remote = True
+    #: The echo tier: prompt log-probabilities over /v1/completions, the served model's tokens (the probe checks them).
+    capabilities = Capabilities(backend="echo", tier="prompt_logprobs", maskings=REMOTE_MASKINGS, route="completions")
 
     def __init__(self, base_url: str, tokenizer: Any, *, served_name: str | None = None, api_key: str | None = None,
-                 concurrency: int = 8, probe: bool = True) -> None:
+                 concurrency: int = 8, probe: bool = True, client: CompletionsClient | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokenizer = tokenizer
-        self.client = CompletionsClient(self.base_url, api_key=api_key, concurrency=concurrency)
-        # what the rest of shapshift reads from a model's config: no context length known here
-        self.config = SimpleNamespace(pad_token_id=tokenizer.pad_token_id, max_position_embeddings=None)
-        self.served_name = served_name or self._first_served_name()
+        self.client = client or CompletionsClient(self.base_url, api_key=api_key, concurrency=concurrency)
+        self.served_name = served_name or self.first_served_name()
         self.accepts_ids = True
         self.prepend_bos: int | None = None
         self.n_retokenised = 0
@@ -76,14 +79,6 @@ class RemoteModel:
         self._specials = set(getattr(tokenizer, "all_special_ids", []) or [])
         if probe:
             self.probe()
-
-    @property
-    def spec(self) -> str:
-        return REMOTE_PREFIX + self.base_url
-
-    @property
-    def usage(self) -> Usage:
-        return self.client.usage
 
     def usage_dict(self) -> dict[str, Any]:
         """Usage counters plus how prompts were sent (for the run manifest)."""
@@ -93,17 +88,10 @@ class RemoteModel:
     def __repr__(self) -> str:
         return f"RemoteModel({self.spec!r}, served_name={self.served_name!r})"
 
-    def close(self) -> None:
-        self.client.close()
+    def forget(self) -> None:
+        self._cache = {}
 
     # -- the probe ---------------------------------------------------------------------------------
-    def _first_served_name(self) -> str | None:
-        try:
-            data = self.client.get("/models").get("data") or []
-        except ModelError:
-            return None
-        return str(data[0]["id"]) if data and isinstance(data[0], dict) and "id" in data[0] else None
-
     def probe(self) -> None:
         """One request (two or three at most) before any budget is spent; raises a clear error on any problem."""
         ids = self.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
@@ -250,8 +238,6 @@ class RemoteModel:
     # -- what the pipeline calls ---------------------------------------------------------------------
     def make_scorer(self, prompt: Any, target_ids: Sequence[int], **options: Any):
         """The scorer of one example (:class:`shapshift.remote.scorer.RemoteScorer`); same options as the local one."""
-        from .scorer import RemoteScorer
-
         return RemoteScorer(self, prompt, target_ids, **options)
 
     def generate_greedy(self, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 8,
@@ -261,8 +247,6 @@ class RemoteModel:
         The server returns text; it is tokenised here. A continuation the server ended (EOS) before
         ``max_new_tokens`` gets the EOS token, so an immediately ending one is explained as EOS, as locally.
         """
-        from ..generation import trim_generation
-
         payloads = [self._payload(self._wire(p), max_tokens=max_new_tokens, logprobs=False) for p in prompt_ids]
         out = []
         answers = self.client.post_many("/completions", payloads)
@@ -283,11 +267,9 @@ def load_remote(spec: str, *, tokenizer: str | None = None, served_name: str | N
     ``served_name``: the ``model`` field of each request (``None``: the first of the server's ``/models``);
     ``api_key_env``: the environment variable holding the API key (the key is read here and never stored).
     """
-    from ..models import OFFLINE_DEFAULT, _smollm2_tokenizer, prepare_tokenizer
-
     base_url = parse_spec(spec)
     if tokenizer in (None, "", OFFLINE_DEFAULT):
-        tok = _smollm2_tokenizer()
+        tok = smollm2_tokenizer()
     else:
         from transformers import AutoTokenizer
 

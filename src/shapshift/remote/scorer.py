@@ -52,7 +52,7 @@ class RemoteScorer:
         self.prompt = prompt
         self.target_ids = [int(t) for t in target_ids]
         self.score, self.masking = score, masking
-        pad = getattr(model.config, "pad_token_id", None)
+        pad = model.tokenizer.pad_token_id
         self.mask_token_id = mask_token_id if mask_token_id is not None else (pad if pad is not None else 0)
         self.n_in, self.n_out = len(prompt.input_ids), len(self.target_ids)
         # coalitions the estimators hand over at once (hierarchical's waves): what the client keeps in flight
