@@ -172,7 +172,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
                               "itself rather than through the shared scorer.",
                               "Use a SHAP estimator that scores through it (auto, exact, quadrature, kernel, sampling).")
         caps = capabilities(task.model)
-        check_task(caps, unit=task.unit, n_outputs=len(task.target_ids), masking=task.masking, spec=str(caps.backend))
+        check_task(caps, unit="token" if task.groups is None else task.unit, n_outputs=len(task.target_ids), masking=task.masking, spec=str(caps.backend))
         if cls.needs_weights and not caps.weights:
             raise ConfigError(f"method={name!r} needs the model's weights (gradients, attention, shap's own model "
                               "wrapper), which a model behind an API does not expose.",
