@@ -56,6 +56,8 @@ CONDITIONS = tuple(_conditions.stage3_names())
 REMOTE_PREFIX = "openai-compatible:"
 #: The maskings a model behind an API allows (attention masking needs the model's attention mask).
 REMOTE_MASKINGS = ("delete", "replace")
+#: Settings that bound what a run may spend, not what it computes: left out of its fingerprints (issue 26).
+SPENDING_KEYS = {"model": ("max_requests", "max_tokens")}
 #: ``explain.masking``'s choices: ``auto`` is :data:`DEFAULT_MASKING` for every model (and an estimator's own, e.g.
 #: partition's ``shap_text``: ``maskings`` in :mod:`shapshift.explainers.registry`).
 EXPLAIN_MASKINGS = ("auto", *MASKINGS)
@@ -425,6 +427,8 @@ class RunConfig:
     def fingerprint(self, *sections: str) -> str:
         """sha256 of the named sections (all when none): runs with equal fingerprints give equal results."""
         data = self.to_dict()
+        for section, keys in SPENDING_KEYS.items():  # limits on spending, not on results: a capped run resumes
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
         picked = {s: data[s] for s in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
