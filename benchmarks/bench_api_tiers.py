@@ -120,7 +120,10 @@ def main() -> None:
              f"`OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_api_tiers.py --n {args.n}`; {machine_info()}.", "",
              "Same served model (llama-cpp-python, SmolLM2-135M-Instruct Q4_1 GGUF), same prompts; word features, exact "
              "Shapley values, deletion, log-probability of the one-token label target. Spearman of the word values "
-             "with the echo tier's, per example.", "",
+             "with the echo tier's, per example. Chat prompts carry the instruction `INSTRUCTION` as the system message "
+             "(without it SmolLM2 never began a reply with the label: 256 of 256 chat scores censored at top 20). "
+             "`requests`: what an example needed, sent or read from the answer cache (`--cache`); `seconds`: of this "
+             "run, in which answers already cached took none.", "",
              "| tier | route | prompt | examples | uncensored examples | Spearman (uncensored, mean) | Spearman (all, mean) "
              "| censored scores | requests / example | API spread (text) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (tier, route, prompt), g in df.groupby(["tier", "route", "prompt"], sort=False):

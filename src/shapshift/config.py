@@ -29,6 +29,7 @@ from .constants import (
     DEFAULT_SCORE,
     REMOTE_MASKINGS,
     SCORES,
+    SPENDING_KEYS,
     TARGET_CASES,
     TARGETS,
     UNITS,
@@ -356,6 +357,8 @@ class RunConfig:
     def fingerprint(self, *sections: str) -> str:
         """sha256 of the named sections (all when none): runs with equal fingerprints give equal results."""
         data = self.to_dict()
+        for section, keys in SPENDING_KEYS.items():  # limits on spending, not on results: a capped run resumes
+            data[section] = {k: v for k, v in data[section].items() if k not in keys}
         picked = {s: data[s] for s in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

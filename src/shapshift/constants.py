@@ -53,3 +53,5 @@ def is_remote(spec: str) -> bool:
     return spec.strip().startswith(REMOTE_PREFIX)
 #: ``adapt.adapters.<name>: "served:MODEL_ID"``: the same API's model ``MODEL_ID`` (e.g. an OpenAI ``ft:`` model).
 SERVED_PREFIX = "served:"
+#: Settings that bound what a run may spend, not what it computes: left out of its fingerprints (issue 26).
+SPENDING_KEYS = {"model": ("max_requests", "max_tokens")}
