@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .textplot import text_plot_html
+from .textplot import MAX_CELLS, text_plot_html
 
 #: The long table's columns (the explanation contract in DESIGN.md), then the optional ones:
 #: ``error_std`` (NaN when exact), ``in_tokens`` (the tokens of a word or sentence feature) and the
@@ -245,8 +245,9 @@ class Explanation:
         return text_plot_html(self, cmax=cmax, how=how)
 
     def _repr_html_(self) -> str:
-        """A notebook shows an explanation as its text plot."""
-        return self.text_plot_html()
+        """A notebook shows an explanation as its text plot: one per generated token, or, past
+        :data:`shapshift.textplot.MAX_CELLS` value cells, one of the values summed over the generated tokens."""
+        return self.text_plot_html(how=None if self.values.size <= MAX_CELLS else "sum")
 
 
 def _scalar(v: Any) -> Any:
