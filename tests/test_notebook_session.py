@@ -232,9 +232,8 @@ def run(tmp_path):
                 "after": {"accuracy": 1.0, "mean_target_logprob": -0.5, "n_rows": 3},
                 "losses": [2.0, 1.5, 1.0], "steps": 3, "seconds": 1.2, "method": "lora"}, store.path("03_finetune.json"))
     store.record("03_finetune.json")
-    from shapshift.pipeline import stage_record
 
-    store.update_manifest(stages={s: {**stage_record(cfg, s), "complete": True} for s in ("preprocess", "explain", "adapt")})
+    store.update_manifest(stages={s: {**stages.stage_record(cfg, s), "complete": True} for s in ("preprocess", "explain", "adapt")})
     return cfg
 
 
@@ -347,7 +346,7 @@ def test_run_stage_starts_afresh_when_the_settings_changed(run, monkeypatch, cap
     RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": "old-settings", "complete": False}})
     colab.run_stage(run, "adapt", resume=True)  # the stage discards unfinished results of other settings itself
     assert calls == [True] and "settings changed" in _logged(caplog)
-    RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": pipeline.stage_fingerprint(run, "adapt")}})
+    RunStore(run.run_dir).update_manifest(stages={"adapt": {"fingerprint": stages.stage_fingerprint(run, "adapt")}})
     colab.run_stage(run, "adapt", resume=True)  # interrupted under the same settings: resumed
     assert calls == [True, True] and "did not finish last time" in _logged(caplog)
 
