@@ -16,7 +16,7 @@ import pytest
 
 from shapshift import stages
 from shapshift.errors import ShapshiftError
-from shapshift.models import _cache_dir
+from shapshift.models import cache_dir
 from shapshift.pipeline import run
 from shapshift.store import RunStore
 from shapshift.validation import load_config
@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_an_empty_cache_setting_is_the_default_cache(monkeypatch, value):
     """SHAPSHIFT_CACHE="" wrote a 540 MB model copy into the current folder."""
     monkeypatch.setenv("SHAPSHIFT_CACHE", value)
-    assert _cache_dir() == Path.home() / ".cache" / "shapshift"
+    assert cache_dir() == Path.home() / ".cache" / "shapshift"
     monkeypatch.setenv("SHAPSHIFT_CACHE", "/tmp/elsewhere")
-    assert _cache_dir() == Path("/tmp/elsewhere")
+    assert cache_dir() == Path("/tmp/elsewhere")
 
 
 def test_a_finished_stage_leaves_no_empty_partial_folder(tmp_path):

@@ -281,4 +281,3 @@ def check_fits_context(model: PreTrainedModel, n_prompt: int, n_new: int, what: 
             "generation.max_new_tokens, or use a model with a longer context.")
 
 
-_cache_dir, _smollm2_tokenizer = cache_dir, smollm2_tokenizer  # the names before they were public
