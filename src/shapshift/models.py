@@ -279,5 +279,3 @@ def check_fits_context(model: PreTrainedModel, n_prompt: int, n_new: int, what: 
             f"more than the model's context of {limit} tokens.",
             "Lower data.max_input_tokens (the input is cut from the left), adapt.k_shot (fewer demonstrations), "
             "generation.max_new_tokens, or use a model with a longer context.")
-
-
