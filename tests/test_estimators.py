@@ -188,18 +188,19 @@ def test_hierarchical_is_exact_on_short_inputs(tiny_neo, neo_table):
 
 
 def test_choose_method_and_auto_budget():
-    """auto's ladder, read from the registry entries: exact up to 5 features, quadrature up to 64, then hierarchical."""
+    """auto's ladder, read from the registry entries: exact up to 5 features, quadrature up to 32, then levels."""
     exact_max, quadrature_max = REGISTRY["exact"].auto_max_features, REGISTRY["quadrature"].auto_max_features
-    assert (exact_max, quadrature_max) == (5, 64)
+    assert (exact_max, quadrature_max) == (5, 32)
     assert choose_method(3) == "exact"
     assert choose_method(exact_max) == "exact"
     assert choose_method(exact_max + 1) == "quadrature"
     assert choose_method(quadrature_max) == "quadrature"
-    assert choose_method(quadrature_max + 1) == "hierarchical"
+    assert choose_method(quadrature_max + 1) == "levels"
     assert choose_method(40, "sampling") == "sampling"
     assert auto_budget("kernel", 20, 512) <= 512
     assert auto_budget("kernel", 20, 30) == 30
     assert auto_budget("hierarchical", 1000, 512) == 512
+    assert auto_budget("levels", 1000, 512) == 128 and auto_budget("levels", 1000, 100) == 100
     assert auto_budget("quadrature", 20, 512) == 82
 
 

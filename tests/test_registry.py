@@ -107,9 +107,9 @@ def test_options_are_checked_against_the_methods_that_take_them(toy):
     with pytest.raises(ConfigError, match=r"'fanout'.*no method.*kernel") as err:
         load_config({"explain": {"method": "kernel", "options": {"fanout": 3}}})
     assert "kernel: none" in " ".join(str(err.value).split())
-    # auto may choose hierarchical, so its fanout is an option of auto; a bad value is refused by hierarchical
+    # auto may choose levels, so its fanout is an option of auto; a bad value is refused by levels
     assert load_config({"explain": {"options": {"fanout": 3}}}).explain.options == {"fanout": 3}
-    with pytest.raises(ConfigError, match="fanout=1 must be between 2 and 12"):
+    with pytest.raises(ConfigError, match="fanout=1 must be between 2 and 8"):
         load_config({"explain": {"options": {"fanout": 1}}})
     # a lens beside the SHAP method brings its options; --set values are typed by the option
     cfg = load_config(apply_overrides({"explain": {"methods": ["auto", "integrated_gradients"]}},
@@ -135,8 +135,8 @@ def test_the_fanout_option_reaches_hierarchical(tiny_neo):
 
 def test_auto_is_a_policy_over_the_entries():
     ladder = [(c.name, c.auto_max_features) for c in auto_candidates()]
-    assert ladder == [("exact", 5), ("quadrature", 64), ("hierarchical", None)]
-    assert [choose_method(n) for n in (1, 5, 6, 64, 65, 2000)] == ["exact"] * 2 + ["quadrature"] * 2 + ["hierarchical"] * 2
+    assert ladder == [("exact", 5), ("quadrature", 32), ("levels", None)]
+    assert [choose_method(n) for n in (1, 5, 6, 32, 33, 2000)] == ["exact"] * 2 + ["quadrature"] * 2 + ["levels"] * 2
     assert set(round_methods()) == {"quadrature", "kernel", "sampling", "regression"}
     for name, cls in REGISTRY.items():
         assert cls.name == name and cls.budget and cls.make_options({}) is not None

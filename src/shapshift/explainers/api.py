@@ -200,7 +200,7 @@ def explain_tasks(tasks: Sequence[ExplainTask], method: str = "auto", *, progres
                 warn_precision(f"{desc} example {i + 1}", reached, target, att.n_evals, cap)
             else:
                 att = estimator.attribute(task, counted or scorer)
-                reached = expected_rank_agreement(att.values, att.error_std, seed=task.seed) \
+                reached = expected_rank_agreement(att.values, att.rerun_std, seed=task.seed) \
                     if att.error_std is not None else (1.0 if cls.exact else float("nan"))
         finally:
             if counted is not None:

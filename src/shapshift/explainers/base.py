@@ -175,6 +175,12 @@ class Attribution:
     n_forward_tokens: int = 0
     data: list[str] | None = None  # feature strings, when the estimator tokenised the input itself
     extras: dict[str, Any] = field(default_factory=dict)  # per-method facts for the stats (e.g. completeness_gap)
+    sampling_std: np.ndarray | None = None
+
+    @property
+    def rerun_std(self) -> np.ndarray | None:
+        """The standard errors two runs with different seeds differ by (what the predicted precision simulates)."""
+        return self.error_std if self.sampling_std is None else self.sampling_std
 
 
 def scorer_attribution(scorer: Any, values: np.ndarray, base: np.ndarray, error_std: np.ndarray | None = None) -> Attribution:

@@ -93,7 +93,7 @@ def split_span(tokens: list[str], start: int, stop: int, fanout: int) -> list[tu
     return _balanced_groups([(i, i + 1) for i in range(start, stop)], fanout)
 
 
-def _share_residual(values: np.ndarray, target: np.ndarray) -> np.ndarray:
+def share_residual(values: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Shift children ``values`` ``(k, n_out)`` so they sum to ``target``, in proportion to ``|value|``."""
     residual = target - values.sum(axis=0)
     mag = np.abs(values)
@@ -121,7 +121,6 @@ class HierarchicalExplainer(Estimator):
     name = "hierarchical"
     Options = HierarchicalOptions
     budget = "evaluations, the empty and full input included; spans beyond it keep their value spread evenly"
-    auto_order = 2  # auto: beyond quadrature's 64 features
 
     def attribute(self, task: ExplainTask, scorer) -> Attribution:
         n = task.n_features
@@ -192,5 +191,5 @@ class HierarchicalExplainer(Estimator):
     def _refine(span: Span, children: list[tuple[int, int]], masks: list[np.ndarray], known: dict) -> list[Span]:
         k = len(children)
         v = np.stack([known[m.tobytes()] for m in masks]).reshape(-1, 2**k, len(span.value)).mean(axis=0)
-        phi = _share_residual(shapley_from_table(v, k), span.value)
+        phi = share_residual(shapley_from_table(v, k), span.value)
         return [Span(a, b, phi[i], span.depth + 1) for i, (a, b) in enumerate(children)]

@@ -108,7 +108,7 @@ def explain_to_precision(task: ExplainTask, scorer: Any, method: str | Estimator
         run.max_evals = budget
         att = estimator.attribute(run, cache)
         att.n_evals = cache.n_evals
-        precision = (agreement or _rank_agreement)(att.values, att.error_std, task.seed)
+        precision = (agreement or _rank_agreement)(att.values, att.rerun_std, task.seed)
         log.debug("round %d: %d evaluations, precision %.3f", rounds, cache.n_evals, precision)
         exhausted = budget >= max_evals or (n <= 16 and budget >= 2**n)
         if (not math.isnan(precision) and precision >= target) or exhausted:

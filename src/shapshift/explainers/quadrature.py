@@ -201,7 +201,7 @@ class QuadratureExplainer(Estimator):
     deterministic = False
     budget = "evaluations, the empty and full input included (below 2n + 2: kernel's)"
     rounds = True
-    auto_order, auto_max_features = 1, 64  # auto: from 6 to 64 features, in precision rounds
+    auto_order, auto_max_features = 1, 32  # auto: from 6 to 32 features, in precision rounds (levels beyond)
     auto_evals_per_feature = 4  # auto's first round: 4n + 2 (leave-one-in/out and about as many again)
 
     def attribute(self, task: ExplainTask, scorer) -> Attribution:
