@@ -21,8 +21,9 @@ from shapshift.config import ExplainConfig
 from shapshift.errors import ConfigError
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
 from shapshift.explainers.base import ExplainTask
+from shapshift.explainers.costs import round_budgets
 from shapshift.explainers.exact import all_coalitions
-from shapshift.explainers.precision import CachingScorer, explain_to_precision
+from shapshift.explainers.precision import GROWTH, MIN_STEP, CachingScorer, explain_to_precision
 from shapshift.explainers.quadrature import size_quadrature
 from shapshift.explainers.registry import check_explain
 from shapshift.prompting import build_prompt
@@ -181,6 +182,26 @@ def test_precision_rounds_stop_at_the_target_and_at_the_cap():
         res = explain_to_precision(table_task(table, 0), TableScorer(table), method, 0.9, cap)
         assert res.precision >= 0.9 or res.budget == cap
         assert res.attribution.n_evals <= cap
+
+
+def test_cost_bound_follows_the_rounds_and_growth_is_honoured():
+    """costs.round_budgets (what a remote run is told it may cost) is the budgets explain_to_precision visits."""
+    table, _, n = recorded(TABLES[-1])
+    cap = 30 * n
+    visited = []
+
+    class Recording(type(REGISTRY["quadrature"]())):
+        def attribute(self, task, scorer):
+            visited.append(task.max_evals)
+            return super().attribute(task, scorer)
+
+    res = explain_to_precision(table_task(table, 0), TableScorer(table), Recording(), 0.9999, cap)
+    assert visited == round_budgets(n, 4 * n + 2, cap) and res.budget == cap
+    assert all(b2 == min(cap, max(int(b1 * GROWTH), b1 + MIN_STEP * n)) for b1, b2 in zip(visited, visited[1:]))
+    slow = []
+    Recording.attribute = lambda self, task, scorer: slow.append(task.max_evals) or REGISTRY["quadrature"]().attribute(task, scorer)
+    explain_to_precision(table_task(table, 0), TableScorer(table), Recording(), 0.9999, cap, growth=2.0)
+    assert slow[:3] == [4 * n + 2, 2 * (4 * n + 2), 4 * (4 * n + 2)]
 
 
 def test_precision_setting_is_validated():
