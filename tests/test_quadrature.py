@@ -20,6 +20,7 @@ import shapshift
 from shapshift.config import ExplainConfig
 from shapshift.errors import ConfigError
 from shapshift.explainers import REGISTRY, explain_tasks, make_task
+from shapshift.explainers.api import AUTO_PRECISION
 from shapshift.explainers.base import ExplainTask
 from shapshift.explainers.costs import round_budgets
 from shapshift.explainers.exact import all_coalitions
@@ -221,4 +222,4 @@ def test_explain_records_the_precision_reached(tiny_neo):
     assert stats[1]["n_evals"] <= 30 and 0 <= stats[1]["precision"] <= 1
     [auto] = shapshift.explain(model, tok, ["the movie was a charming and often affecting journey"], targets=[" good"],
                                progress=False)
-    assert auto.precision >= 0.95  # auto's CPU default, reached within max_evals on this short input
+    assert auto.precision >= AUTO_PRECISION  # auto's CPU default, reached within max_evals on this short input

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Each round's budget is the previous one times this (at least :data:`MIN_STEP` ``* n`` more evaluations). Smaller
 #: steps overshoot the target less (the last round scores what it needed and at most a quarter more) and cost only
 #: the re-run of the estimator per round (milliseconds): replayed on the real model's rounds (benchmarks/STOPPING_MODEL.md)
-#: 1.25 reached the same measured agreement as 1.5 with 6-15 % fewer evaluations.
+#: 1.25 reached about the same measured agreement as 1.5 with 2-11 % fewer evaluations.
 GROWTH = 1.25
 #: The least a round adds, in evaluations per feature.
 MIN_STEP = 2
