@@ -81,12 +81,14 @@ def main(argv=None) -> int:
                "spearman_seeds": spearman(importance(v0), importance(v1)),
                "precision_seed0": s0["precision"], "precision_seed1": s1["precision"],
                "evals_seed0": s0["n_evals"], "evals_seed1": s1["n_evals"],
-               "seconds_auto": (sec0 + sec1) / 2}
+               "seconds_auto": (sec0 + sec1) / 2,
+               "s_per_eval_auto": (sec0 + sec1) / (s0["n_evals"] + s1["n_evals"])}
         if not args.no_partition:
             start = time.perf_counter()
             pv, p_evals, _, _ = run_partition(model, tok, e)
             row["seconds_partition"] = time.perf_counter() - start
             row["evals_partition"] = p_evals
+            row["s_per_eval_partition"] = row["seconds_partition"] / p_evals
             row["spearman_auto_partition"] = spearman(importance(v0), importance(pv))
             row["x_faster"] = row["seconds_partition"] / row["seconds_auto"]
         rows.append(row)

@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what an absent feature is (auto: deleted from the text)")
     p.add_argument("--unit", default=ex.unit, choices=UNITS, help="the features: tokens, words or sentences")
     p.add_argument("--precision", type=float, default=ex.precision,
-                   help="explain until two runs would rank the features alike at this Spearman (auto: 0.95 on CPU)")
+                   help="explain until two runs would rank the features alike at this Spearman (auto: its default, "
+                        "shapshift.explainers.api.AUTO_PRECISION on CPU)")
     p.add_argument("--max-evals", type=int, default=ex.max_evals, help="budget of masked inputs (sampling estimators)")
     p.add_argument("--seed", type=int, default=ex.seed)
     p.add_argument("--max-new-tokens", type=int, default=gen.max_new_tokens, help="when no --target is given")

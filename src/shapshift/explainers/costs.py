@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..backends.capabilities import capabilities
-from .precision import GROWTH
+from .precision import next_budget
 from .registry import REGISTRY, choose_method
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def round_budgets(n: int, first: int, cap: int) -> list[int]:
         budgets.append(budget)
         if budget >= cap or (n <= 16 and budget >= 2**n):
             return budgets
-        budget = min(cap, max(int(budget * GROWTH), budget + 2 * n))
+        budget = next_budget(budget, n, cap)
 
 
 def coalition_bound(n: int, method: str, max_evals: int, precision: float | None) -> int:
