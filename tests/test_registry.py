@@ -137,11 +137,11 @@ def test_auto_is_a_policy_over_the_entries():
     ladder = [(c.name, c.auto_max_features) for c in auto_candidates()]
     assert ladder == [("exact", 5), ("quadrature", 32), ("levels", None)]
     assert [choose_method(n) for n in (1, 5, 6, 32, 33, 2000)] == ["exact"] * 2 + ["quadrature"] * 2 + ["levels"] * 2
-    assert set(round_methods()) == {"quadrature", "kernel", "sampling", "regression"}
+    assert set(round_methods()) == {"quadrature", "kernel", "sampling", "regression", "levels"}
     for name, cls in REGISTRY.items():
         assert cls.name == name and cls.budget and cls.make_options({}) is not None
     assert {n for n, c in REGISTRY.items() if c.deterministic} >= {"exact", "hierarchical", "attention"}
-    assert not REGISTRY["quadrature"].deterministic
+    assert not REGISTRY["quadrature"].deterministic and not REGISTRY["levels"].deterministic
 
 
 def test_partition_records_and_enforces_its_own_masking(tiny_neo):

@@ -1,8 +1,8 @@
 """SHAP estimators for text generation behind one ``explain()`` call.
 
 ``method`` names an estimator from :data:`REGISTRY` (:mod:`.registry`): ``exact``, ``sampling``,
-``kernel``, ``quadrature``, ``hierarchical``, ``partition`` (the shap library's path), or ``auto``
-(:func:`choose_method`: exact for very short inputs, quadrature up to 64 tokens, hierarchical
+``kernel``, ``quadrature``, ``regression``, ``levels``, ``hierarchical``, ``partition`` (the shap library's
+path), or ``auto`` (:func:`choose_method`: exact for very short inputs, quadrature up to 32 features, levels
 beyond). The cheaper lenses ``input_x_gradient``, ``integrated_gradients``, ``attention`` and
 ``attention_rollout`` return the same result type for the same features and targets, but their
 values are not Shapley values (``REGISTRY[name].is_shap``).

@@ -240,7 +240,8 @@ def explain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: S
         ``(prefix, suffix)`` pair, or one of those per text.
     method: any name of :func:`~shapshift.explainers.registry.method_choices`: ``auto``
         (:func:`choose_method`), ``exact``, ``sampling`` (antithetic permutations), ``kernel`` (paired
-        KernelSHAP), ``quadrature``, ``hierarchical`` (chunks, then tokens) or ``partition`` (the shap
+        KernelSHAP), ``quadrature``, ``regression``, ``levels`` (groups of sentences, then the words inside the
+        ones that matter), ``hierarchical`` (chunks, then tokens) or ``partition`` (the shap
         library's path, kept as the reference); or a cheaper lens that is not SHAP:
         ``input_x_gradient``, ``integrated_gradients`` (Captum, on the input embeddings, w.r.t. the
         same score), ``attention`` (last layer, mean over heads) or ``attention_rollout``; or any

@@ -160,11 +160,13 @@ def choose_method(n_features: int, method: str = "auto") -> str:
 
     The first entry in ``auto_order`` whose ``auto_max_features`` admits ``n_features`` (None: any):
     ``exact`` up to 5 features (``2^n`` evaluations are no more than the others' budget, and the values
-    are exact), ``quadrature`` in precision rounds up to 64, ``hierarchical`` beyond (chunks first,
-    then tokens inside the chunks that matter). Why (``benchmarks/ESTIMATORS.md``, smollm2-135m on
-    SST-2, exact Shapley values as the reference): at equal budgets from ``4n + 2`` on,
-    ``quadrature``'s error is well below paired KernelSHAP's and below shapiq's approximators', with
-    calibrated standard errors that the precision rounds need.
+    are exact), ``quadrature`` in precision rounds up to 32, ``levels`` beyond (groups of sentences first,
+    then the features inside the groups that matter, in rounds from 128 evaluations). Why
+    (``benchmarks/ESTIMATORS.md``, smollm2-135m on SST-2, exact Shapley values as the reference): at equal
+    budgets from ``4n + 2`` on, ``quadrature``'s error is well below paired KernelSHAP's and below shapiq's
+    approximators', with calibrated standard errors that the precision rounds need; past 32 features its
+    ``2n + 2`` leave-one-in/out coalitions alone exceed a paragraph's budget, where ``levels`` reaches the
+    same measured agreement of two seeds at about 128 evaluations (``benchmarks/PARAGRAPHS_heldout.md``).
     """
     if method != "auto":
         return method
