@@ -326,3 +326,13 @@ def test_a_new_metric_is_one_registry_entry(tmp_path):
         assert page.count("share of equal signs") >= 2  # in the headline table and in the table of every metric
     finally:
         ov.METRICS.pop(entry.name)
+
+
+def test_the_notes_say_when_levels_left_groups_whole():
+    run_notes = compare.run_notes
+    stats = {"02_baseline": [{"method": "levels", "n_features": 40, "features_refined": 30},
+                             {"method": "levels", "n_features": 50, "features_refined": 50}],
+             "03_zero_shot": [{"method": "quadrature", "n_features": 12}]}
+    [note] = [n for n in run_notes(["baseline"], None, [], stats) if n.startswith("levels")]
+    assert "1 of 2 explanations" in note and "11%" in note  # 10 of the 90 features levels explained
+    assert not [n for n in run_notes(["baseline"], None, [], {"x": stats["02_baseline"][1:]}) if n.startswith("levels")]

@@ -267,7 +267,7 @@ def run_compare(run_dir: str | Path, cfg: CompareConfig | None = None) -> pd.Dat
             store.record(name)
         info["verdicts"] = verdict_summary["sentence"].tolist() if len(verdict_summary) else []
         planned = (store.manifest().get("config") or {}).get("adapt", {}).get("conditions")
-        info["notes"] = run_notes(conditions, deterministic, planned)
+        info["notes"] = run_notes(conditions, deterministic, planned, store.manifest().get("explain_stats"))
         info["n_examples"] = int(overlap["example_id"].nunique()) if len(overlap) else 0
     for note in info["notes"]:
         log.info("compare: %s", note)
@@ -313,13 +313,25 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def run_notes(conditions: list[str], deterministic: bool | None, planned: list[str] | None = None) -> list[str]:
+def run_notes(conditions: list[str], deterministic: bool | None, planned: list[str] | None = None,
+              explain_stats: dict[str, list[dict]] | None = None) -> list[str]:
     """Plain-language notes on what the run could and could not compare.
 
     ``planned``: the conditions the run was configured with (``adapt.conditions``); a condition left
     out of them on purpose is not reported missing. None: every condition is expected.
+    ``explain_stats``: the manifest's per-condition, per-example stats of the explain stages (``levels``
+    says how many features it valued inside the groups it refined).
     """
     notes = []
+    whole = [(st["n_features"] - st["features_refined"], st["n_features"])
+             for per in (explain_stats or {}).values() for st in per if "features_refined" in st]
+    left = [(a, b) for a, b in whole if a > 0]
+    if left:
+        share = sum(a for a, _ in left) / sum(b for _, b in whole)
+        notes.append(f"levels left groups of features whole in {len(left)} of {len(whole)} explanations "
+                     f"({share:.0%} of their features): each such feature holds an even share of its group's value, "
+                     "with a standard error that says its own value is unknown; raise explain.max_evals or "
+                     "explain.precision to split them. The noise floor measures only the sampled part.")
     expected = [BASELINE, *(planned if planned is not None else conds.REGISTRY)]
     missing = [c for c in expected if c not in conditions and c != NOISE_FLOOR]
     if missing:
