@@ -41,6 +41,16 @@ def tiny_neo():
 
 
 @pytest.fixture(scope="session")
+def llama_server_spec(tmp_path_factory):
+    """llama-cpp-python's server on the bundled SmolLM2 GGUF, started once for the session (tests/test_remote*.py and
+    tests/test_api_tiers.py explain through it; each counts its own requests, through a proxy or the model's usage)."""
+    from shapshift.remote.local_server import llama_server
+
+    with llama_server(log_dir=tmp_path_factory.mktemp("llama_server")) as spec:
+        yield spec
+
+
+@pytest.fixture(scope="session")
 def sst2_dev() -> Path:
     path = SHARED_DATASETS / "sst2" / "dev.tsv"
     if not path.exists():
