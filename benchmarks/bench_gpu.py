@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a random tiny GPT-Neo instead of --models (checks on a CPU)")
     ap.add_argument("--random-weights", action="store_true",
                     help="the models' architectures with random weights, no download (timing only)")
+    ap.add_argument("--max-evals", type=int, default=None,
+                    help="auto's cap of evaluations (default: the notebooks' explain.max_evals)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sentence selection")
     ap.add_argument("--out", type=Path, default=HERE, help="folder of GPU.md and bench_gpu.csv (default: benchmarks/)")
     args = ap.parse_args(argv)
@@ -287,6 +289,8 @@ def main(argv=None) -> int:
         raise SystemExit("CUDA is not available here: run on a GPU machine, or check the script with "
                          "--device cpu --tiny --n 1 --out /tmp/bench_gpu")
     cfg = notebook_config()
+    if args.max_evals:
+        cfg.explain.max_evals = args.max_evals
     n = args.n or cfg.data.n_explain
     models = [TINY] if args.tiny else [m.strip() for m in args.models.split(",") if m.strip()]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
