@@ -9,7 +9,8 @@ continuation of ``generation.max_new_tokens`` tokens as the target, ``explain.me
 GPU memory, ``shapshift.scoring.auto_batch_size``). The sentences are SST-2 dev sentences (``../shared/datasets/sst2``,
 ``$SHAPSHIFT_SHARED`` elsewhere), the same ones for every model and dtype, each explained alone after one
 untimed warm-up per model and dtype. Recorded per example: seconds to ``auto``'s default precision, evaluations,
-precision reached, the batch size chosen (and the one used after any out-of-memory halving), peak GPU memory.
+precision reached, the batch size chosen (and the one used after any out-of-memory halving), peak GPU memory
+(``torch.cuda.max_memory_allocated`` during the example, the weights included).
 
 On the GPU machine (from the repository root)::
 
@@ -24,6 +25,9 @@ weights come from the Hugging Face hub (or its local cache); when they cannot be
 Check the script on a CPU (a random tiny GPT-Neo, one sentence; write elsewhere than the committed results)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_gpu.py --device cpu --tiny --n 1 --out /tmp/bench_gpu
+
+Other flags: ``--models`` and ``--dtypes`` (comma-separated), ``--n`` (sentences; default the form's
+``data.n_explain``), ``--max-evals`` (auto's cap; default the form's ``explain.max_evals``), ``--seed`` (which sentences).
 
 Writes ``GPU.md`` and ``bench_gpu.csv`` into ``--out`` (default ``benchmarks/``).
 """
@@ -261,7 +265,9 @@ def write(df: pd.DataFrame, args, cfg, command: str) -> None:
         lines += ["**Random weights** (`--random-weights` or `--tiny`): the architectures' timings and memory only. "
                   "The evaluations auto spends to reach its precision depend on the values, so seconds and evaluations "
                   "per example are not those of the trained models.", ""]
-    lines += ["## Per model and dtype", "", markdown_table(summary(df)), "",
+    lines += ["## Per model and dtype", "",
+              "Peak GPU MB: torch.cuda.max_memory_allocated during one example's explanation, the weights included.", "",
+              markdown_table(summary(df)), "",
               "## Per example", "",
               markdown_table(df.drop(columns=["tokenizer", "generation_seconds_all", "target_precision"])), "",
               f"Tokenizers: {', '.join(sorted(set(df['tokenizer'])))}.", "",
