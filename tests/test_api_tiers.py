@@ -25,7 +25,7 @@ from shapshift.explainers.costs import estimate_cost
 from shapshift.pipeline import run
 from shapshift.prompting import build_prompt, encode_prompt
 from shapshift.remote.answers import AnswerCache, BudgetExhausted
-from shapshift.remote.local_server import free_port, llama_server
+from shapshift.remote.local_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,9 @@ TEXTS = ["a gorgeous, witty film", "the plot is thin and dull"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with llama_server(log_dir=tmp_path_factory.mktemp("server")) as spec:
-        yield spec
+def server(llama_server_spec):
+    """The session's server (conftest.py): started once for every test module that explains through it."""
+    return llama_server_spec
 
 
 class Proxy:

@@ -149,12 +149,15 @@ def test_every_lens_on_every_architecture(arch, smollm2, one_thread):
     full = shap_exp.base_values + shap_exp.values.sum(0)  # efficiency: the score of the full input
     for method in LENSES:
         assert not REGISTRY[method].is_shap
-        [exp] = shapshift.explain(model, tok, [TEXT], method=method, **kw)
+        # on SmolLM2 integrated gradients is held at 32 steps: nothing below needs its convergence there (raising the
+        # steps until the gap is small on SmolLM2 is test_integrated_gradients_raises_its_steps_until_the_gap_is_small)
+        options = {"max_steps": 32} if method == "integrated_gradients" and arch == "smollm2" else {}
+        [exp] = shapshift.explain(model, tok, [TEXT], method=method, options=options, **kw)
         assert exp.values.shape == shap_exp.values.shape
         assert list(exp.data) == list(shap_exp.data) and list(exp.output_names) == list(shap_exp.output_names)
         assert np.all(np.isfinite(exp.values)) and np.abs(exp.values).max() > 0
         if "gradient" in method:
-            task = task_for(model, tok, score=ExplainConfig().score)  # the score explain() explained above
+            task = task_for(model, tok, score=ExplainConfig().score, options=options)  # the score explain() explained
             [_], [st] = explain_tasks([task], method, progress=False)
             np.testing.assert_allclose(st["score_full"], full, rtol=1e-4, atol=1e-4)
             if method == "integrated_gradients" and arch != "smollm2":  # a real model needs ~128 steps for 2 %

@@ -41,16 +41,17 @@ EXPECTED = {
 
 
 def small_parameters(run_root: Path) -> dict:
-    """Form values for a fast CPU run: 2 examples, 32 evaluations each, 2 generated tokens, 2 training steps."""
+    """Form values for a fast CPU run: 2 examples, 32 evaluations each, 2 generated tokens, 2 training steps, a format
+    check on 2 rows with 1 demonstration."""
     return {
         "model_spec": "smollm2-135m", "model_dtype": "float32",
         "data_source": str(REPO / "data" / "demo_reviews.csv"), "data_input_column": "text",
         "data_target_column": "label", "data_label_column": "label", "data_label_names": "", "data_max_rows": 0,
-        "data_max_input_tokens": 12, "data_n_explain": 2, "generation_max_new_tokens": 2, "explain_method": "sampling",
+        "data_max_input_tokens": 12, "data_n_explain": 2, "data_format_check_rows": 2, "generation_max_new_tokens": 2, "explain_method": "sampling",
         "explain_max_evals": 32, "adapt_k_shot": 2, "adapt_finetune_max_steps": 2, "compare_ks": "1, 3",
         "compare_n_plot_examples": 2,
         "run_root": str(run_root), "run_name": RUN_NAME, "use_drive": False, "resume": True,
-        "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4; "
+        "extra_settings": "compare.n_bootstrap=100; adapt.finetune.batch_size=4; data.format_check_shots=1; "
                           "explain.methods=[sampling, input_x_gradient, attention]",
     }
 

@@ -23,7 +23,8 @@ def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
     values = {
         "name": name, "output_dir": str(tmp_path),
         "model": {"spec": "tiny-gpt-neo"},
-        "data": {"source": str(DEMO_DATA), "n_explain": 3, "max_input_tokens": 10, "max_rows": 40},
+        # no prompt-format check (about 16 generation calls, 7-15 s a run): finished_run keeps it (FINISHED_RUN)
+        "data": {"source": str(DEMO_DATA), "n_explain": 3, "max_input_tokens": 10, "max_rows": 40, "format_check_rows": 0},
         "generation": {"max_new_tokens": 2},
         "explain": {"method": "sampling", "max_evals": 24, "batch_size": 32},
         "adapt": {"k_shot": 2, "finetune": {"max_steps": 2, "batch_size": 4, "max_length": 48}},
@@ -36,8 +37,9 @@ def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
 
 
 #: finished_run's settings besides tiny_config's: log-odds, the score that is not the default, so that with
-#: logprob_run (the default score) both units run end to end.
-FINISHED_RUN = {"explain__score": "log_odds"}
+#: logprob_run (the default score) both units run end to end; and the prompt-format check at its default size (the
+#: other tiny runs skip it: it is the same work in each, and tests/test_formats.py checks what it decides).
+FINISHED_RUN = {"explain__score": "log_odds", "data__format_check_rows": 8}
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +290,7 @@ def test_killed_run_continues_on_a_plain_rerun(tmp_path, finished_run):
     values["data"]["n_explain"] = 4
     values["adapt"]["conditions"] = ["zero_shot", "few_shot"]
     values["compare"]["n_bootstrap"] = 10
+    values["data"]["format_check_rows"] = 0  # finished_run's format check: not what this test is about
     cfg = load_config(values)
     cmd = [sys.executable, "-m", "shapshift.cli", "run", "--config", str(_yaml(cfg, tmp_path))]
     partial = tmp_path / "killed" / ".partial"

@@ -42,10 +42,12 @@ BIN = Path(sys.executable).parent
 
 #: Settings given to every README line that runs model stages (``make demo`` through DEMO_ARGS,
 #: ``shapshift run|preprocess|explain|adapt``), before the line's own ``--set``s (:func:`with_small`): the
-#: demo's pipeline on 2 examples in well under a minute.
+#: demo's pipeline on 2 examples in well under a minute, its format check on 2 rows.
 SMALL = ["--set", "data.n_explain=2", "--set", "data.max_input_tokens=12", "--set", "explain.max_evals=16",
          "--set", "generation.max_new_tokens=1", "--set", "adapt.k_shot=2", "--set", "adapt.finetune.max_steps=1",
-         "--set", "adapt.finetune.batch_size=2", "--set", "compare.n_bootstrap=100"]
+         "--set", "adapt.finetune.batch_size=2", "--set", "compare.n_bootstrap=100",
+         # the prompt-format check on 2 rows with 1 demonstration (the demo's 8 rows x 4 demonstrations: ~15 s a run)
+         "--set", "data.format_check_rows=2", "--set", "data.format_check_shots=1"]
 
 #: How each kind of fenced block runs (the word after the opening fence).
 FENCES = {"python": "python", "bash": "shell", "sh": "shell", "": "shell"}

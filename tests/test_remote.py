@@ -31,9 +31,9 @@ TEMPLATE = "Review: {input}\nSentiment:"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with llama_server(log_dir=tmp_path_factory.mktemp("server")) as spec:
-        yield spec
+def server(llama_server_spec):
+    """The session's server (conftest.py): started once for every test module that explains through it."""
+    return llama_server_spec
 
 
 @pytest.fixture(scope="module")
