@@ -26,25 +26,6 @@ SHARED_DATASETS = shared_datasets()
 DEMO_DATA = REPO / "data" / "demo_reviews.csv"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_forced_gc_in_the_oom_back_off():
-    """accelerate's ``find_executable_batch_size`` (shapshift.backoff: every generation, format check, task evaluation
-    and fine-tuning call) starts with ``gc.collect()``, which frees nothing a test looks at but costs 0.4-1 s a call in
-    a process that holds the test session's objects (hundreds of calls per suite). In this process only, the back-off
-    keeps everything else: its retry loop, the device cache it empties, what counts as out of memory (subprocesses the
-    tests start, the CLI, notebooks and the README's commands, run it unchanged)."""
-    from accelerate.utils import memory
-
-    original = memory.clear_device_cache
-
-    def without_gc(garbage_collection: bool = False) -> None:
-        original(garbage_collection=False)
-
-    memory.clear_device_cache = without_gc
-    yield
-    memory.clear_device_cache = original
-
-
 @pytest.fixture(scope="session")
 def smollm2():
     from shapshift import load_model

@@ -6,14 +6,16 @@ a ``RuntimeError`` (``torch.OutOfMemoryError`` is one) saying `` out of memory.`
 allocator). Python's own ``MemoryError`` is not retried: it comes from Python or numpy objects, which
 a smaller batch of the model does not shrink.
 
-:func:`halving` runs a whole job (generation, task evaluation, fine-tuning) under accelerate's
-:func:`~accelerate.utils.find_executable_batch_size`, which halves here instead of its default ×0.9
-and, at one example per batch, re-raises the error (or raises ``at_one``).
-
-The scorer (:class:`shapshift.scoring.TeacherForcedScorer`) is called many times per example, so it
-keeps a plain loop with :func:`is_oom`: ``find_executable_batch_size`` runs ``gc.collect()`` on every
-call, measured at 0.375 s against 2.26 s for a whole 32-coalition scorer call of smollm2-135m on one
-CPU thread (``benchmarks/bench_finetune.py``, ``benchmarks/FINETUNE.md``): 17 % more per call.
+:func:`halving` runs a whole job (generation, task evaluation, fine-tuning), halving the batch on
+out of memory and, at one example per batch, re-raising the error (or raising ``at_one``). It is a
+plain loop rather than accelerate's :func:`~accelerate.utils.find_executable_batch_size`, because that
+runs ``gc.collect()`` before every call, out of memory or not: measured at 0.375 s against 2.26 s for
+a whole 32-coalition scorer call of smollm2-135m on one CPU thread (``benchmarks/bench_finetune.py``,
+``benchmarks/FINETUNE.md``), and 0.4–1 s per generation or format check in a process that holds many
+objects (the test session: 190 s → 115 s for three pipeline test modules). Here the collection and
+accelerate's device-cache clearing run only after an out-of-memory error, when they free the failed
+batch's memory; the scorer (:class:`shapshift.scoring.TeacherForcedScorer`) keeps its own loop with
+:func:`is_oom` around each micro-batch.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from accelerate.utils import find_executable_batch_size
-from accelerate.utils.memory import should_reduce_batch_size
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,20 @@ def halving(function: Callable[[int], T], batch_size: int, what: str, *, divides
     part way (keep finished work outside it to resume). Out of memory at batch size 1 re-raises the
     error, or raises ``at_one`` from it. ``what`` names the job in the log's warning.
     """
-    size = batch_size
+    def run() -> T:
+        size = batch_size
+        while True:
+            try:
+                return function(size)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                clear_device_cache(garbage_collection=True)  # the failed batch's tensors, before a smaller one
+                if size <= 1:
+                    if at_one is not None:
+                        raise at_one from exc
+                    raise
+                size = smaller(size, divides)
+                log.warning("out of memory in %s; retrying with batch size %d", what, size)
 
-    def reduce() -> int:  # called inside accelerate's `except` block: a bare raise re-raises the OOM
-        nonlocal size
-        if size <= 1:
-            if at_one is not None:
-                raise at_one
-            raise  # noqa: PLE0704 - re-raises the out-of-memory error being handled
-        size = smaller(size, divides)
-        log.warning("out of memory in %s; retrying with batch size %d", what, size)
-        return size
-
-    return find_executable_batch_size(function, starting_batch_size=batch_size, reduce_batch_size_fn=reduce)
+    return run
