@@ -93,10 +93,6 @@ class GroupScorer:
     def n_evals(self) -> int:
         return self.scorer.n_evals
 
-    @property
-    def batch_size(self) -> int:
-        return getattr(self.scorer, "batch_size", 16)
-
 
 def first_level(features: list[str], fanout: int) -> list[tuple[int, int]]:
     """The first level's groups: :func:`split_span` of the whole input (sentences merged into ``<= fanout`` groups),
